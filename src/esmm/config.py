@@ -1,0 +1,135 @@
+"""Frozen configuration dataclasses that reject unknown keys.
+
+A misspelt key in a TOML file is an error here, not a silently ignored
+setting. Defaults follow the ESMM paper where it is specific (embedding 18,
+towers 200-80, ReLU, Adam).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            v = data[f.name]
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the shared parts of every model (all baselines use the same)."""
+
+    embedding_dim: int = 18
+    tower: tuple[int, ...] = (200, 80)
+    dropout: float = 0.0
+    pooling: str = "mean"  # how a multi-valued bag becomes one vector: "mean" or "sum" (weighted)
+    sparse: bool = True  # row-wise (sparse) embedding gradients; see esmm.training
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ConfigError("model.embedding_dim must be >= 1")
+        if not self.tower or any(int(h) < 1 for h in self.tower):
+            raise ConfigError("model.tower must be a non-empty list of positive sizes")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout must be in [0, 1)")
+        if self.pooling not in ("mean", "sum"):
+            raise ConfigError("model.pooling must be 'mean' or 'sum'")
+        object.__setattr__(self, "tower", tuple(int(h) for h in self.tower))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 2048
+    lr: float = 1e-3
+    embedding_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.0
+    seed: int = 0
+    early_stop_metric: str = "ctcvr_auc"
+    patience: int = 1
+    eval_batch_size: int = 65536
+    threads: int = 0  # 0: every core torch sees
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("train.epochs must be >= 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("train.batch_size and train.eval_batch_size must be >= 1")
+        if self.lr <= 0 or (self.embedding_lr is not None and self.embedding_lr <= 0):
+            raise ConfigError("train.lr and train.embedding_lr must be > 0")
+        if self.patience < 0:
+            raise ConfigError("train.patience must be >= 0")
+        if self.early_stop_metric.startswith("calibration"):
+            raise ConfigError("train.early_stop_metric cannot be a calibration ratio")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs besides the data; saved as config.json."""
+
+    model: str = "esmm"
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "model_config": dataclasses.asdict(self.model_config),
+                "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
+        unknown = sorted(set(data) - {"model", "model_config", "train"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown section(s) {unknown}; "
+                              "allowed: model, [model_config], [train]")
+        return cls(model=data.get("model", "esmm"),
+                   model_config=_from_dict(ModelConfig, data.get("model_config", {}),
+                                           f"{where} [model_config]"),
+                   train=_from_dict(TrainConfig, data.get("train", {}), f"{where} [train]"))
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML ({e})") from None
+        return cls.from_dict(data, where=str(path))
+
+    def replace(self, *, model: str | None = None, **train_overrides: Any) -> RunConfig:
+        """A copy with the model name and/or training fields overridden (None = keep)."""
+        overrides = {k: v for k, v in train_overrides.items() if v is not None}
+        try:
+            train = dataclasses.replace(self.train, **overrides)
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+        return RunConfig(model=model or self.model, model_config=self.model_config, train=train)

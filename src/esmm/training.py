@@ -1,0 +1,202 @@
+"""The training loop, readable top to bottom.
+
+The trainer knows nothing of particular models: it calls the model for named
+logits, the spec's objective for the loss, and the spec's probability function
+for predictions. Behaviour is extended through :class:`Callback` hooks, not
+``isinstance`` branches.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from esmm.config import TrainConfig
+from esmm.data import EncodedSplit
+from esmm.metrics import evaluate_predictions, higher_is_better
+from esmm.model import split_parameters
+from esmm.registry import ModelSpec
+
+
+class Callback:
+    """No-op hooks; override the ones you need."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None: ...
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def configure_threads(threads: int) -> None:
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Row-wise (lazy) Adam for sparse embedding tables, Adam for the rest.
+
+    SparseAdam updates only the rows a batch touched, which keeps a step's cost
+    independent of the vocabulary size; dense Adam would rewrite every row of
+    every table (and its two moment buffers) on each step.
+    """
+    sparse, dense = split_parameters(model)
+    opts: list[torch.optim.Optimizer] = []
+    if sparse:
+        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.embedding_lr or cfg.lr))
+    if dense:
+        opts.append(torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    return opts
+
+
+@torch.inference_mode()
+def predict_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
+                  batch_size: int = 65536) -> dict[str, np.ndarray]:
+    """p_ctr, p_cvr and p_ctcvr for every row of ``split``, in row order."""
+    was_training = model.training
+    model.eval()
+    n = len(split)
+    out = {k: np.empty(n, dtype=np.float32) for k in ("p_ctr", "p_cvr", "p_ctcvr")}
+    for s in range(0, n, batch_size):
+        probs = spec.probabilities(model(split.batch(slice(s, min(n, s + batch_size)))))
+        for k in out:
+            out[k][s:s + batch_size] = probs[k].numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
+                   batch_size: int = 65536) -> dict[str, float]:
+    """The paper's metrics (``esmm.metrics.evaluate_predictions``) on one split."""
+    p = predict_split(model, spec, split, batch_size)
+    return evaluate_predictions(p["p_ctr"], p["p_cvr"], split.click, split.conversion,
+                                group=split.group, true_ctr=split.true_ctr,
+                                true_cvr=split.true_cvr)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_valid: dict[str, float] | None = None
+    stopped_early: bool = False
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, spec: ModelSpec, cfg: TrainConfig,
+                 callbacks: Iterable[Callback] = ()) -> None:
+        self.model = model
+        self.spec = spec
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.optimizers = make_optimizers(model, cfg)
+
+    def train_step(self, batch: Any) -> float:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss, _ = self.spec.objective(self.model(batch), batch)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        return float(loss)
+
+    def train_epoch(self, train: EncodedSplit, epoch: int, rng: np.random.Generator
+                    ) -> dict[str, float]:
+        self.model.train()
+        n_batches = math.ceil(len(train) / self.cfg.batch_size)
+        bar = _progress(n_batches, f"epoch {epoch}", self.cfg.progress)
+        total, count, start = 0.0, 0, time.perf_counter()
+        for step, batch in enumerate(train.iter_batches(self.cfg.batch_size, shuffle=True, rng=rng)):
+            loss = self.train_step(batch)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch} step {step}: loss is {loss}")
+            total += loss * len(batch)
+            count += len(batch)
+            for cb in self.callbacks:
+                cb.on_batch_end(self, step, loss)
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    rate = count / max(1e-9, time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{total / count:.4f}", rows_s=f"{rate:,.0f}")
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - start
+        return {"train_loss": total / max(1, count), "seconds": seconds,
+                "samples_per_s": count / max(1e-9, seconds)}
+
+    def fit(self, train: EncodedSplit, valid: EncodedSplit | None = None) -> FitResult:
+        """Train for ``cfg.epochs``, validating on ``valid`` after each epoch.
+
+        With a valid split, training stops once ``early_stop_metric`` has not
+        improved for ``patience`` epochs, and the best epoch's weights are
+        restored. The test split never takes part in these choices.
+        """
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed)
+        metric = cfg.early_stop_metric
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        result = FitResult()
+        best_score, best_state, bad_epochs = -math.inf, None, 0
+        for epoch in range(1, cfg.epochs + 1):
+            for cb in self.callbacks:
+                cb.on_epoch_start(self, epoch)
+            record: dict[str, Any] = {"epoch": epoch, **self.train_epoch(train, epoch, rng)}
+            if valid is not None:
+                vm = evaluate_split(self.model, self.spec, valid, cfg.eval_batch_size)
+                record["valid"] = vm
+                if metric not in vm:
+                    raise KeyError(f"early-stop metric {metric!r} is not reported; "
+                                   f"choose one of {sorted(vm)}")
+                score = sign * vm[metric]
+                if score > best_score:
+                    best_score, bad_epochs = score, 0
+                    best_state = copy.deepcopy(self.model.state_dict())
+                    result.best_epoch, result.best_valid = epoch, vm
+                else:
+                    bad_epochs += 1
+            result.history.append(record)
+            _log_epoch(record, metric, cfg.progress)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, record)
+            if valid is not None and bad_epochs > cfg.patience:
+                result.stopped_early = True
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        else:
+            result.best_epoch = len(result.history)
+        return result
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def _log_epoch(record: dict[str, Any], metric: str, enabled: bool) -> None:
+    if not enabled:
+        return
+    line = (f"epoch {record['epoch']}: loss {record['train_loss']:.5f}, "
+            f"{record['samples_per_s']:,.0f} rows/s")
+    if "valid" in record:
+        line += f", valid {metric} {record['valid'][metric]:.5f}"
+    print(line, file=sys.stderr, flush=True)
