@@ -60,7 +60,7 @@ class EntireSpaceLoss:
         ctr = F.binary_cross_entropy_with_logits(outputs["ctr"], batch.click)
         # batch.conversion is already 0 wherever click is 0, so it *is* click AND conversion
         ctcvr = ctcvr_bce(outputs["ctr"], outputs["cvr"], batch.conversion)
-        return ctr + self.ctcvr_weight * ctcvr, {"ctr": float(ctr), "ctcvr": float(ctcvr)}
+        return ctr + self.ctcvr_weight * ctcvr, {"ctr": float(ctr.detach()), "ctcvr": float(ctcvr.detach())}
 
 
 @dataclass(frozen=True)
@@ -77,4 +77,4 @@ class ClickedOnlyLoss:
                                                       reduction="none")
         n_clicked = batch.click.sum()
         cvr = (per_row * batch.click).sum() / n_clicked.clamp_min(1.0)
-        return ctr + cvr, {"ctr": float(ctr), "cvr": float(cvr)}
+        return ctr + cvr, {"ctr": float(ctr.detach()), "cvr": float(cvr.detach())}

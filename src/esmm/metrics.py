@@ -330,13 +330,10 @@ def gauc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> float:
     if n == 0:
         return _NAN
 
+    # Widths: groups <= 31 bits (offset) or <= log2(n) (dense), scores 32 or
+    # <= log2(n), label 1, so the key always fits in 64 bits.
     s_codes, s_bits = _score_codes(s)
     g_codes, g_bits = _group_codes(g)
-    if g_bits + s_bits + 1 > 64:
-        # Dense ranks need at most ~log2(n) bits each, which always fits.
-        s_codes, s_bits = _dense_codes(s)
-        if g_bits + s_bits + 1 > 64:
-            g_codes, g_bits = _dense_codes(g)
     shift = np.uint64(s_bits + 1)
     key = (g_codes << shift) | (s_codes << np.uint64(1)) | y.astype(np.uint64)
     key.sort()
