@@ -181,6 +181,9 @@ def test_gauc_accepts_unsigned_and_bool_groups() -> None:
     expected = _gauc_reference(y, s, g)
     assert gauc(y, s, g) == pytest.approx(expected)
     assert gauc(y, s, g == 5) == pytest.approx(expected)
+    # Extreme int8 ids: their difference does not fit in int8.
+    g8 = np.array([-128, -128, -128, 127, 127, 127], dtype=np.int8)
+    assert gauc(y, s, g8) == pytest.approx(expected)
 
 
 def test_gauc_nan_and_bad_input() -> None:

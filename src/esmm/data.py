@@ -238,12 +238,12 @@ def _labels(table: pa.Table, schema: Schema, path: str) -> tuple[np.ndarray, np.
         bad = (v != 0) & (v != 1)
         if bad.any():
             raise DataError(f"{path}: label {name!r} has {int(bad.sum())} value(s) outside {{0, 1}} "
-                            f"(first at row {int(np.flatnonzero(bad)[0])})")
+                            f"(first at data row {int(np.flatnonzero(bad)[0]) + 1})")
     orphan = (conv == 1) & (click == 0)
     if orphan.any():
         raise DataError(f"{path}: {int(orphan.sum())} row(s) have {schema.conversion}=1 with "
                         f"{schema.click}=0; a dataset must hold conversions only on clicks "
-                        f"(first at row {int(np.flatnonzero(orphan)[0])})")
+                        f"(first at data row {int(np.flatnonzero(orphan)[0]) + 1})")
     return click, conv
 
 

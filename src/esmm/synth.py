@@ -49,10 +49,10 @@ class WorldConfig:
     click_rate: float = 0.04
     conversion_rate: float = 0.12  # among clicked impressions
     selection_bias: float = 0.6
-    n_users: int | None = None  # None: rows // 40
-    n_items: int | None = None  # None: rows // 12
+    n_users: int | None = None  # None: rows // 400
+    n_items: int | None = None  # None: rows // 1000
     n_categories: int = 300
-    latent_dim: int = 8
+    latent_dim: int = 4
     valid_fraction: float = 0.10
     test_fraction: float = 0.25
 
@@ -96,40 +96,50 @@ def make_world(cfg: WorldConfig) -> tuple[Schema, pa.Table]:
     rng = np.random.default_rng(cfg.seed)
     n = cfg.rows
     k = cfg.latent_dim
-    n_users = cfg.n_users or max(200, n // 40)
-    n_items = cfg.n_items or max(500, n // 12)
+    n_users = cfg.n_users or max(200, n // 400)
+    n_items = cfg.n_items or max(200, n // 1000)
     n_cat = cfg.n_categories
     n_shops, n_brands, n_scen = max(50, n_items // 20), max(50, n_items // 15), 6
 
     # --- entities -------------------------------------------------------------
-    taste = rng.normal(0, 1, (n_users, k)) / math.sqrt(k) * 1.6
+    # Most of each propensity comes from effects a model can learn from a few
+    # hundred impressions per entity (item, category, user, scenario); the
+    # user x category taste term is what the history bag reveals.
+    taste = rng.normal(0, 1, (n_users, k)) / math.sqrt(k)
     gender = rng.integers(1, 3, n_users)
     age = rng.integers(1, 8, n_users)
+    user_bias = rng.normal(0, 0.35, n_users)
     cat_vec = rng.normal(0, 1, (n_cat, k))
     item_cat = rng.choice(n_cat, n_items, p=_zipf_probs(n_cat, 0.8, rng))
-    item_vec = cat_vec[item_cat] + 0.6 * rng.normal(0, 1, (n_items, k))
+    item_vec = cat_vec[item_cat] + 0.7 * rng.normal(0, 1, (n_items, k))
     item_shop = rng.integers(1, n_shops, n_items)
     item_brand = rng.integers(1, n_brands, n_items)
     log_price = rng.normal(3.0, 1.0, n_items) + 0.3 * rng.normal(0, 1, n_cat)[item_cat]
     rho = cfg.selection_bias
-    appeal = rng.normal(0, 0.7, n_items)
-    quality = -rho * appeal + math.sqrt(1 - rho**2) * rng.normal(0, 0.7, n_items)
+    # appeal draws clicks; quality makes clicked users buy. With selection bias
+    # the most clickable items are not the ones that convert.
+    appeal = rng.normal(0, 0.6, n_items) + rng.normal(0, 0.4, n_cat)[item_cat]
+    quality = -rho * appeal + math.sqrt(1 - rho**2) * rng.normal(0, 0.3, n_items)
     shop_effect = rng.normal(0, 0.3, n_shops)
-    theta = rho * math.pi / 2.5
+    theta = rho * math.pi / 3
     q, _ = np.linalg.qr(rng.normal(0, 1, (k, k)))
     mix = math.cos(theta) * np.eye(k) + math.sin(theta) * q  # CVR's view of taste
+    # what the item's latent traits do to conversion: readable from the item
+    # vector that the click data also shapes (the sharing ESMM exploits)
+    item_cvr = 0.8 * item_vec @ rng.normal(0, 1, k) / math.sqrt(k)
 
     # --- impressions ----------------------------------------------------------
     user = rng.choice(n_users, n, p=_zipf_probs(n_users, 0.7, rng))
-    item = rng.choice(n_items, n, p=_zipf_probs(n_items, 1.0, rng))
+    item = rng.choice(n_items, n, p=_zipf_probs(n_items, 0.9, rng))
     scen = rng.integers(0, n_scen, n)
     tv = taste[user]
     iv = item_vec[item]
     price_z = (log_price[item] - 3.0)
-    ctr_logit = (np.einsum("ij,ij->i", tv, iv) + appeal[item]
+    ctr_logit = (0.8 * np.einsum("ij,ij->i", tv, iv) + appeal[item] + user_bias[user]
                  + np.array([0.6, 0.3, 0.0, -0.2, -0.4, -0.6])[scen]
                  + 0.15 * (gender[user] == 2) - 0.05 * age[user] / 7 - 0.1 * price_z)
-    cvr_logit = (np.einsum("ij,ij->i", tv, iv @ mix.T) + quality[item] + shop_effect[item_shop[item]]
+    cvr_logit = (0.5 * np.einsum("ij,ij->i", tv, iv @ mix.T) + item_cvr[item] + quality[item]
+                 + shop_effect[item_shop[item]] + 0.5 * user_bias[user]
                  - 0.35 * price_z + 0.25 * (age[user] - 4) / 3
                  + np.array([0.0, 0.1, 0.2, 0.1, 0.0, -0.1])[scen])
     ctr_logit += _solve_intercept(ctr_logit, cfg.click_rate)

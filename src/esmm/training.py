@@ -112,7 +112,7 @@ class Trainer:
         loss.backward()
         for opt in self.optimizers:
             opt.step()
-        return float(loss)
+        return loss.item()
 
     def train_epoch(self, train: EncodedSplit, epoch: int, rng: np.random.Generator
                     ) -> dict[str, float]:

@@ -88,7 +88,8 @@ def _as_strings(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.cast(values, pa.string())
 
 
-def split_bags(col: pa.ChunkedArray, name: str, where: str) -> tuple[pa.ListArray, np.ndarray | None]:
+def split_bags(col: pa.ChunkedArray, name: str, where: str, *, row_offset: int = 0
+               ) -> tuple[pa.ListArray, np.ndarray | None]:
     """A raw multi-valued column as (list<string> tokens, float weights or None)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
@@ -113,12 +114,23 @@ def split_bags(col: pa.ChunkedArray, name: str, where: str) -> tuple[pa.ListArra
     if pc.any(has_weight).as_py():
         parts = pc.extract_regex(flat, r"^(?P<tok>.*?)(?::(?P<w>[^:]*))?$")
         tok = pc.struct_field(parts, "tok")
-        wstr = pc.if_else(has_weight, pc.struct_field(parts, "w"), "1")
+        wstr = pc.utf8_trim_whitespace(pc.if_else(has_weight, pc.struct_field(parts, "w"), "1"))
         try:
             weights = pc.cast(wstr, pa.float32()).to_numpy(zero_copy_only=False)
         except pa.ArrowInvalid as e:
+            bad = np.flatnonzero(~pc.match_substring_regex(wstr, _NUMBER)
+                                 .to_numpy(zero_copy_only=False))
+            at = ""
+            if len(bad):  # name the first offending token and the data row holding it
+                row = int(np.searchsorted(offsets, bad[0], side="right")) - 1
+                at = f" ({flat[int(bad[0])].as_py()!r} at data row {row_offset + row + 1})"
             raise EncodingError(f"{where}: multi-valued field {name!r} has a weight that is not a "
-                                f"number ({e}); expected 'id:weight|id:weight'") from None
+                                f"number{at}; expected 'id:weight|id:weight' ({e})") from None
+        if not np.isfinite(weights).all():  # "nan"/"inf" parse, but no model can pool them
+            i = int(np.flatnonzero(~np.isfinite(weights))[0])
+            row = int(np.searchsorted(offsets, i, side="right")) - 1
+            raise EncodingError(f"{where}: multi-valued field {name!r} has a non-finite weight "
+                                f"{flat[i].as_py()!r} at data row {row_offset + row + 1}")
         flat = tok
     lists = pa.ListArray.from_arrays(pa.array(offsets), flat)
     return lists, weights
@@ -131,20 +143,35 @@ def _list_offsets(lists: pa.ListArray) -> pa.Array:
     return pa.array(offsets)
 
 
-def dense_values(col: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
-    """A raw dense column as float32; nulls are errors, strings must parse as numbers."""
+# What a dense cell may hold once trimmed (Arrow also takes nan/inf, refused later as non-finite)
+_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+
+
+def dense_values(col: pa.ChunkedArray, name: str, where: str, *, row_offset: int = 0
+                 ) -> np.ndarray:
+    """A raw dense column as float32; nulls are errors, strings must parse as numbers.
+
+    ``row_offset`` is the data row of ``col[0]`` minus one, so that errors in a
+    chunk of a streamed file name the row of the file, not of the chunk.
+    """
     if col.null_count:
         first = int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
-        raise EncodingError(f"{where}: dense column {name!r} is empty at data row {first + 1}")
+        raise EncodingError(f"{where}: dense column {name!r} is empty at data row "
+                            f"{row_offset + first + 1}")
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        # Arrow's parser refuses surrounding blanks (" 1.5"), which CSV writers produce
+        col = pc.utf8_trim_whitespace(col)
         try:
             parsed = pc.cast(col, pa.float64())
-        except pa.ArrowInvalid:
-            ok = pc.match_substring_regex(col, r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
-            bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+        except pa.ArrowInvalid as e:
+            ok = pc.match_substring_regex(col, _NUMBER).to_numpy(zero_copy_only=False)
+            bad = np.flatnonzero(~ok)
+            if not len(bad):  # the regex accepted what Arrow refused: no row to point at
+                raise EncodingError(f"{where}: dense column {name!r} is not numeric "
+                                    f"({e})") from None
             row = int(bad[0])
             raise EncodingError(f"{where}: dense column {name!r} has a non-numeric value "
-                                f"{col[row].as_py()!r} at data row {row + 1} "
+                                f"{col[row].as_py()!r} at data row {row_offset + row + 1} "
                                 f"({len(bad)} bad value(s) in all)") from None
         col = parsed
     try:
@@ -153,16 +180,20 @@ def dense_values(col: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
         raise EncodingError(f"{where}: dense column {name!r} is not numeric ({e})") from None
     if not np.isfinite(v).all():
         row = int(np.flatnonzero(~np.isfinite(v))[0])
-        raise EncodingError(f"{where}: dense column {name!r} is not finite at data row {row + 1}")
+        raise EncodingError(f"{where}: dense column {name!r} is not finite at data row "
+                            f"{row_offset + row + 1}")
     return v
 
 
 def encode_raw(table: pa.Table, schema: Schema, vocabularies: dict[str, Vocabulary] | None,
-               *, where: str, raw_names: dict[str, str] | None = None) -> pa.Table:
+               *, where: str, raw_names: dict[str, str] | None = None,
+               row_offset: int = 0) -> pa.Table:
     """Encode a table of raw feature values into the schema's id columns.
 
     ``raw_names`` maps a feature name to its column in ``table`` where they
-    differ. Label, group and truth columns are not touched here.
+    differ. Label, group and truth columns are not touched here. ``row_offset``
+    (data rows before ``table[0]`` in its file) makes error row numbers refer to
+    the file when ``table`` is one chunk of it.
     """
     raw_names = raw_names or {}
     out: dict[str, pa.Array] = {}
@@ -173,12 +204,12 @@ def encode_raw(table: pa.Table, schema: Schema, vocabularies: dict[str, Vocabula
                                 f"columns are {table.column_names}")
         col = table.column(src)
         if f.kind == "dense":
-            out[f.name] = pa.array(dense_values(col, src, where))
+            out[f.name] = pa.array(dense_values(col, src, where, row_offset=row_offset))
         elif f.kind == "categorical":
-            out[f.name] = pa.array(_encode_ids(col, f, vocabularies))
+            out[f.name] = pa.array(_encode_ids(col, f, vocabularies, where))
         else:
-            lists, weights = split_bags(col, src, where)
-            ids = _encode_ids(lists.values, f, vocabularies)
+            lists, weights = split_bags(col, src, where, row_offset=row_offset)
+            ids = _encode_ids(lists.values, f, vocabularies, where)
             out[f.name] = pa.ListArray.from_arrays(lists.offsets, pa.array(ids))
             if f.weight_column:
                 w = weights if weights is not None else np.ones(len(ids), dtype=np.float32)
@@ -187,16 +218,18 @@ def encode_raw(table: pa.Table, schema: Schema, vocabularies: dict[str, Vocabula
 
 
 def _encode_ids(values: pa.Array | pa.ChunkedArray, f: Feature,
-                vocabularies: dict[str, Vocabulary] | None) -> np.ndarray:
+                vocabularies: dict[str, Vocabulary] | None, where: str = "<table>") -> np.ndarray:
     if f.encoding == "identity":
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            values = pc.utf8_trim_whitespace(values)  # CSV readers hand ids over as text
         try:
             ids = pc.fill_null(pc.cast(values, pa.int64()), 0).to_numpy()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise EncodingError(f"feature {f.name!r} takes integer ids ({e})") from None
+            raise EncodingError(f"{where}: feature {f.name!r} takes integer ids ({e})") from None
         # ids the model has no row for are unknown, exactly like unseen tokens
         return np.where((ids > 0) & (ids < f.vocab_size), ids, 0).astype(np.int32)
     if not vocabularies or f.name not in vocabularies:
-        raise EncodingError(f"feature {f.name!r} needs a vocabulary and none was saved")
+        raise EncodingError(f"{where}: feature {f.name!r} needs a vocabulary and none was saved")
     return vocabularies[f.name].transform(values)
 
 
