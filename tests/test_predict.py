@@ -22,10 +22,6 @@ CITIES = ["paris", "berlin", "007", "oslo"]
 TAGS = ["shoes", "bags", "hats", "a", "b"]
 SPEC = ImportSpec(categorical=("user", "item", "city"), multi_categorical=("tags",),
                   dense=("price",), click="clicked", conversion="purchase", group="user")
-# esmm.training.Trainer.train_step calls float(loss) on a tensor that requires grad, which
-# torch >= 2.13 warns about (and pytest's filterwarnings=error fails on); reported, not ours.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Converting a tensor with requires_grad=True to a scalar:UserWarning")
 CONFIG = RunConfig(model="esmm", model_config=ModelConfig(embedding_dim=4, tower=(8,))
                    ).replace(epochs=1, batch_size=256, progress=False)
 

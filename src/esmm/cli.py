@@ -189,6 +189,40 @@ def _run_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="simulate a world, train base and esmm, compare them",
+                       description="The main job on the built-in simulated world: synth, train "
+                       "`base` and `esmm` with the same settings, print test metrics side by side.")
+    p.add_argument("--out", default="demo", help="working directory (default ./demo)")
+    p.add_argument("--rows", type=int, default=None, help="impressions in the world "
+                   "(default 1,000,000)")
+    p.add_argument("--seeds", type=int, default=1, help="repeat over seeds 0..N-1 (mean ± std)")
+    p.add_argument("--models", type=_csv_list, default=["base", "esmm"])
+    p.add_argument("--config", help="TOML file with [model_config] and [train] sections")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite earlier demo runs")
+    p.set_defaults(handler=_run_demo, seed=None, early_stop_metric=None, patience=None)
+
+
+def _run_demo(a: argparse.Namespace) -> int:
+    from esmm.demo import format_demo_table, run_demo
+    from esmm.synth import WorldConfig
+
+    world = WorldConfig(rows=a.rows) if a.rows else WorldConfig()
+    results = run_demo(a.out, models=tuple(a.models), seeds=tuple(range(a.seeds)), world=world,
+                       config=_resolve_config(a), force=a.force)
+    print(format_demo_table(results))
+    print(f"\nruns and demo_results.json in {a.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -198,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "conversion rate estimation: simulate, import, train, evaluate, predict.")
     parser.add_argument("--version", action="version", version=f"esmm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_import, _add_train, _add_evaluate, _add_predict):
+    for add in (_add_synth, _add_import, _add_train, _add_evaluate, _add_predict, _add_demo):
         add(sub)
     for extra in _EXTRA_COMMANDS:
         extra(sub)

@@ -66,9 +66,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = 4
     batch_size: int = 2048
-    lr: float = 1e-3
+    lr: float = 2e-3
     embedding_lr: float | None = None  # None: same as lr
     weight_decay: float = 0.0
     seed: int = 0

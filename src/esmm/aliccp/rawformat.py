@@ -156,16 +156,17 @@ def _parse(b: np.ndarray, kind: str) -> Block:
     fkey = np.empty(n_total, np.uint64)
     ids = np.empty(n_total, np.int64)
     vals = np.empty(n_total, np.float64)
-    eok = np.empty(n_total, bool)
+    eok = np.empty(n_total, bool)  # field id and feature id parse
+    vok = np.empty(n_total, bool)  # value parses on the fast path
     for lo in range(0, n_total, _BATCH):  # cache-sized batches: the temporaries stay in L2
         sl = slice(lo, lo + _BATCH)
         a, b1, b2, b3 = e_start[sl] + PAD, s2[sl] + PAD, s3[sl] + PAD, e_end[sl] + PAD
         fkey[sl], fok = _field_keys(v, a, b1)
         ids[sl], iok = parse_uint(v, b1 + 1, b2, 18)
-        vals[sl], vok = parse_decimal(v, b2 + 1, b3)
-        eok[sl] = fok & iok & vok
-    vok = _fallback_floats(b, s3 + 1, e_end, vals, eok)
-    ebad = ~vok
+        vals[sl], vok[sl] = parse_decimal(v, b2 + 1, b3)
+        eok[sl] = fok & iok
+    vok = _fallback_floats(b, s3 + 1, e_end, vals, vok | ~eok)
+    ebad = ~(eok & vok)
     if hbad.any() or ebad.any():
         raise _Bad(np.union1d(np.flatnonzero(hbad), ent_line[ebad]), "non-numeric value")
     bad_num = header["feature_num"] != n_ent

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from esmm.config import ModelConfig
+from esmm.data import encode_table, load_split
+from esmm.losses import EntireSpaceLoss
+from esmm.model import FeatureEmbedding, split_parameters
+from esmm.registry import MODELS, get_model_spec
+from esmm.schema import Feature, Schema
+
+from conftest import TINY_MODEL
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_returns_named_logits_and_product_probabilities(tiny_world, name: str) -> None:
+    split = load_split(tiny_world, "valid")
+    spec = get_model_spec(name)
+    torch.manual_seed(0)
+    model = spec.build(split.schema, TINY_MODEL)
+    out = model(split.batch(slice(0, 64)))
+    assert set(out) == {"ctr", "cvr"}
+    assert out["ctr"].shape == out["cvr"].shape == (64,)
+    p = spec.probabilities(out)
+    torch.testing.assert_close(p["p_ctcvr"], p["p_ctr"] * p["p_cvr"])
+
+
+def test_esmm_cvr_tower_learns_only_through_the_ctcvr_term(tiny_world) -> None:
+    split = load_split(tiny_world, "train")
+    spec = get_model_spec("esmm")
+    model = spec.build(split.schema, TINY_MODEL)
+    batch = split.batch(slice(0, 512))
+    out = model(batch)
+    # the CTR term alone must leave the CVR tower untouched ...
+    ctr_only = torch.nn.functional.binary_cross_entropy_with_logits(out["ctr"], batch.click)
+    ctr_only.backward(retain_graph=True)
+    assert all(p.grad is None or not p.grad.any() for p in model.cvr_tower.parameters())
+    # ... and the full loss must reach it (through pCTCVR only: the loss has no CVR term)
+    model.zero_grad()
+    loss, parts = EntireSpaceLoss()(out, batch)
+    assert set(parts) == {"ctr", "ctcvr"}
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cvr_tower.parameters())
+
+
+def test_esmm_shares_one_embedding_and_esmm_ns_does_not(tiny_world) -> None:
+    schema = load_split(tiny_world, "valid").schema
+    shared = get_model_spec("esmm").build(schema, TINY_MODEL)
+    separate = get_model_spec("esmm-ns").build(schema, TINY_MODEL)
+    n_tables = lambda m: sum(isinstance(x, FeatureEmbedding) for x in m.modules())  # noqa: E731
+    assert n_tables(shared) == 1 and n_tables(separate) == 2
+
+
+def _bag_schema() -> Schema:
+    return Schema(features=(Feature("c", "categorical", 5),
+                            Feature("h", "multi_categorical", 6, weight_column="hw"),
+                            Feature("g", "multi_categorical", 4)))
+
+
+def _bag_table() -> pa.Table:
+    return pa.table({
+        "c": [1, 2, 0],
+        "h": [[1, 2, 3], [], [5, 5]],
+        "hw": [[1.0, 2.0, 0.5], [], [1.0, 3.0]],
+        "g": [[3], [1, 2], []],
+        "click": [1, 0, 0], "conversion": [0, 0, 0],
+    })
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_weighted_bag_pooling_matches_a_hand_computation(pooling: str) -> None:
+    schema = _bag_schema()
+    emb = FeatureEmbedding(schema, ModelConfig(embedding_dim=3, pooling=pooling))
+    split = encode_table(_bag_table(), schema)
+    x = emb(split.batch(slice(0, 3))).detach()
+    w_h = emb.bag_table.weight.detach()[:6]  # field h occupies rows 0..5 of the bag table
+    w_g = emb.bag_table.weight.detach()[6:]
+
+    def pool(table: torch.Tensor, ids: list[int], weights: list[float]) -> torch.Tensor:
+        if not ids:
+            return torch.zeros(3)
+        v = sum(wt * table[i] for i, wt in zip(ids, weights))
+        return v / sum(weights) if pooling == "mean" else v
+
+    expected_h = [pool(w_h, [1, 2, 3], [1, 2, .5]), pool(w_h, [], []), pool(w_h, [5, 5], [1, 3])]
+    expected_g = [pool(w_g, [3], [1]), pool(w_g, [1, 2], [1, 1]), pool(w_g, [], [])]
+    for row in range(3):
+        torch.testing.assert_close(x[row, 3:6], expected_h[row])
+        torch.testing.assert_close(x[row, 6:9], expected_g[row])
+    # every id of a bag counts: no truncation, no last-value-wins
+    assert not torch.allclose(x[0, 3:6], pool(w_h, [3], [1]))
+
+
+def test_embedding_gradients_are_sparse_rows(tiny_world) -> None:
+    split = load_split(tiny_world, "train")
+    model = get_model_spec("esmm").build(split.schema, TINY_MODEL)
+    batch = split.batch(slice(0, 32))
+    loss, _ = EntireSpaceLoss()(model(batch), batch)
+    loss.backward()
+    sparse, dense = split_parameters(model)
+    assert len(sparse) == 2 and all(p.grad.is_sparse for p in sparse)
+    assert all(not p.grad.is_sparse for p in dense if p.grad is not None)
+    rows_touched = sparse[0].grad.coalesce().indices().unique().numel()
+    assert rows_touched <= 32 * len(split.schema.categorical) < sparse[0].shape[0]
+
+
+def test_dense_features_are_standardised_with_train_statistics(tiny_world) -> None:
+    split = load_split(tiny_world, "train")
+    emb = FeatureEmbedding(split.schema, TINY_MODEL)
+    emb.fit_dense(split)
+    np.testing.assert_allclose(emb.dense_mean.numpy(), split.dense.mean(0), rtol=1e-4)
+    assert "dense_mean" in emb.state_dict()  # saved with the weights, so serving matches
