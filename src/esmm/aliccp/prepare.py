@@ -147,7 +147,7 @@ class _Run:
         keys = cfi[order]
         dup = np.flatnonzero(keys[1:] == keys[:-1]) + 1
         for i in dup.tolist():
-            self.bad.add(name, int(line[order[i]]) + 1, "duplicate common_feature_index "
+            self.bad.add(name, int(line[order[i]]) + 1, "duplicate common_feature_index: "
                          f"{int(keys[i]):016x} (first at line {int(line[order[i - 1]]) + 1})")
         keep = np.ones(len(keys), bool)
         keep[dup] = False
@@ -185,8 +185,8 @@ class _Run:
             tasks = [(c["index"], lim) for c, lim in zip(chunks, limits)]
             for c, res in zip(chunks, _ordered(pool, stages.count_chunk, tasks, 2 * self.workers)):
                 for line, cfi in zip(res["unresolved"], res["unresolved_cfi"]):
-                    self.bad.add(skel_name, c["base"] + line + 1, "common_feature_index "
-                                 f"{int(cfi):016x} has no line in {common_name}")
+                    self.bad.add(skel_name, c["base"] + line + 1, f"no line in {common_name} "
+                                 f"for common_feature_index: {int(cfi):016x}")
                 for f, (u, n) in res["counts"].items():
                     counters[f].add(u, n)
                 if res["user_rows"] is not None:
