@@ -17,15 +17,63 @@ from esmm.data import Batch, EncodedSplit
 from esmm.schema import Schema
 
 
+class EmbeddingTable(nn.Module):
+    """A [rows, dim] table whose training lookups are updated row by row.
+
+    With ``row_sparse`` (the default), a training lookup gathers the batch's
+    unique rows into a small dense leaf tensor and looks ids up in it; after
+    ``backward`` that leaf holds exactly the touched rows' gradients, which
+    :class:`esmm.optim.RowWiseAdam` applies. This avoids both dense Adam over
+    the whole table (every row and both moment buffers rewritten each step)
+    and torch's sparse-gradient path, whose ``coalesce`` (a sort of B*F*D
+    values) dominated a profiled step. Without ``row_sparse`` the weight is
+    an ordinary parameter for any torch optimiser.
+    """
+
+    def __init__(self, rows: int, dim: int, row_sparse: bool = True) -> None:
+        super().__init__()
+        self.row_sparse = row_sparse
+        self.weight = nn.Parameter(torch.empty(rows, dim), requires_grad=not row_sparse)
+        nn.init.normal_(self.weight, std=0.01)
+        self._touched: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # scratch for a sort-free unique (torch.unique's sort dominated a step)
+        self._seen = torch.zeros(0, dtype=torch.bool)
+        self._slot = torch.zeros(0, dtype=torch.int64)
+
+    def _unique(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted unique ids, inverse) in O(table rows) time, no sort."""
+        n = self.weight.shape[0]
+        if self._seen.shape[0] != n:
+            self._seen = torch.zeros(n, dtype=torch.bool)
+            self._slot = torch.zeros(n, dtype=torch.int64)
+        self._seen[ids] = True
+        uniq = self._seen.nonzero().squeeze(1)
+        self._seen[uniq] = False  # leave the scratch clean for the next call
+        self._slot[uniq] = torch.arange(len(uniq))
+        return uniq, self._slot[ids]
+
+    def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, index) such that ``rows[index]`` are the embeddings of ``ids``."""
+        if self.row_sparse and self.training and torch.is_grad_enabled():
+            uniq, inverse = self._unique(ids)
+            rows = self.weight.detach()[uniq].requires_grad_()
+            self._touched.append((uniq, rows))
+            return rows, inverse
+        return self.weight, ids
+
+    def pop_touched(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        touched, self._touched = self._touched, []
+        return touched
+
+
 class FeatureEmbedding(nn.Module):
     """All sparse fields of a schema looked up in two fused tables.
 
-    Single-valued fields share one ``nn.Embedding`` (one lookup for all
-    fields: each field's ids are shifted by its row offset in the table);
-    multi-valued fields share one ``nn.EmbeddingBag`` that pools every bag of
-    the batch in a single call with per-id weights. Both take ``sparse=True``
-    so an optimiser can update only the rows a batch touched (dense Adam over a
-    million-row table costs most of a step otherwise).
+    Single-valued fields share one table (one lookup for all fields: each
+    field's ids are shifted by its row offset in the table); multi-valued
+    fields share another, pooled for every bag of the batch in a single
+    ``embedding_bag`` call with per-id weights. Both are
+    :class:`EmbeddingTable` s, updated row-wise when ``cfg.sparse``.
 
     Output: [B, (Fc + Fm) * D + Fd] -- field embeddings then normalised dense features.
     """
@@ -40,10 +88,8 @@ class FeatureEmbedding(nn.Module):
         self.n_cat, self.n_bag, self.n_dense = len(cat_sizes), len(bag_sizes), len(schema.dense)
         self.register_buffer("cat_offsets", _offsets(cat_sizes), persistent=False)
         self.register_buffer("bag_field_offsets", _offsets(bag_sizes), persistent=False)
-        self.cat_table = nn.Embedding(max(1, sum(cat_sizes)), d, sparse=cfg.sparse)
-        self.bag_table = nn.EmbeddingBag(max(1, sum(bag_sizes)), d, mode="sum", sparse=cfg.sparse)
-        for table in (self.cat_table, self.bag_table):
-            nn.init.normal_(table.weight, std=0.01)
+        self.cat_table = EmbeddingTable(max(1, sum(cat_sizes)), d, cfg.sparse)
+        self.bag_table = EmbeddingTable(max(1, sum(bag_sizes)), d, cfg.sparse)
         # Dense inputs are standardised with statistics of the training split,
         # kept as buffers so the saved weights score raw values the same way.
         self.register_buffer("dense_mean", torch.zeros(self.n_dense))
@@ -63,8 +109,8 @@ class FeatureEmbedding(nn.Module):
         b = batch.click.shape[0]
         parts = []
         if self.n_cat:
-            ids = batch.cat + self.cat_offsets
-            parts.append(self.cat_table(ids).reshape(b, self.n_cat * self.dim))
+            rows, idx = self.cat_table.gather(batch.cat + self.cat_offsets)
+            parts.append(F.embedding(idx, rows).reshape(b, self.n_cat * self.dim))
         if self.n_bag:
             parts.append(self._pool_bags(batch, b))
         if self.n_dense:
@@ -82,7 +128,8 @@ class FeatureEmbedding(nn.Module):
             # weighted mean: sum(w * e) / sum(w); an empty bag stays a zero vector
             wsum = torch.zeros(n_bags).index_add_(0, bag_of_id, w)
             w = w / wsum.clamp_min(1e-12)[bag_of_id]
-        pooled = self.bag_table(ids, batch.bag_offsets, per_sample_weights=w)
+        rows, idx = self.bag_table.gather(ids)
+        pooled = F.embedding_bag(idx, rows, batch.bag_offsets, mode="sum", per_sample_weights=w)
         return pooled.reshape(b, self.n_bag * self.dim)
 
 
@@ -153,13 +200,10 @@ class SeparateTowers(nn.Module):
                 "cvr": self.cvr_tower(self.cvr_embedding(batch))}
 
 
-def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(sparse-gradient embedding weights, every other parameter)."""
-    sparse_ids = set()
-    sparse: list[nn.Parameter] = []
-    for m in model.modules():
-        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse:
-            sparse.append(m.weight)
-            sparse_ids.add(id(m.weight))
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    return sparse, dense
+def row_sparse_tables(model: nn.Module) -> list[EmbeddingTable]:
+    return [m for m in model.modules() if isinstance(m, EmbeddingTable) and m.row_sparse]
+
+
+def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter a standard optimiser should update (row-wise tables excluded)."""
+    return [p for p in model.parameters() if p.requires_grad]
