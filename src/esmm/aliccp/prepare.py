@@ -90,6 +90,7 @@ class _Run:
         self.ignored: dict[str, int] = {}
         self.orphans: dict[str, int] = {}
         self.vocabs: dict[str, FieldVocab] = {}
+        self.phases: dict[str, float] = {}
 
     def pool(self) -> Any:
         return self.ctx.Pool(self.workers)
@@ -265,27 +266,43 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None 
 
 
 def _train_then_test(run: _Run) -> dict[str, dict]:
+    t = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        run.phases[name] = round(run.phases.get(name, 0.0) + now - t, 2)
+        t = now
+
     users, chunks, skel = run.read_split("train")
+    phase("read")
     common = next(n for n in run.inputs if "common" in n)
     n_rows = sum(c["rows"] for c in chunks)
     n_train = n_rows - int(round(n_rows * run.cfg.valid_fraction))
     limits = [int(np.clip(n_train - sum(c["rows"] for c in chunks[:i]), 0, c["rows"]))
               for i, c in enumerate(chunks)]
     counters, user_rows = run.resolve_and_count(users, chunks, limits, skel, common)
+    phase("resolve_count")
     run.fit(users, counters, user_rows)
+    phase("fit_vocabularies")
     run.encode_users(users)
+    phase("encode_users")
     tasks = [(c["index"], [("train", 0, lim), ("valid", lim, c["rows"])])
              for c, lim in zip(chunks, limits)]
     splits = run.write(users, tasks)
+    phase("write")
     del users
     if has_split(run.raw, "test"):
         for f in list(run.tmp.iterdir()):
             f.unlink()
         users, chunks, skel = run.read_split("test")
+        phase("read")
         common = next(n for n in run.inputs if "common" in n and "test" in n)
         run.resolve_and_count(users, chunks, [0] * len(chunks), skel, common)
         run.encode_users(users)
+        phase("resolve_count")
         splits.update(run.write(users, [(c["index"], [("test", 0, c["rows"])]) for c in chunks]))
+        phase("write")
     return splits
 
 
@@ -315,7 +332,7 @@ def _finish(run: _Run, splits: dict[str, dict], seconds: float) -> dict[str, Any
         "settings": {"min_count": cfg.min_count, "valid_fraction": cfg.valid_fraction,
                      "max_bad_lines": cfg.max_bad_lines, "orphan_policy": cfg.orphan_policy,
                      "workers": run.workers},
-        "seconds": round(seconds, 2), "out": str(run.out),
+        "seconds": round(seconds, 2), "phase_seconds": run.phases, "out": str(run.out),
     }
     missing = [s for s in ("train", "valid") if s not in splits]
     if "train" in missing:

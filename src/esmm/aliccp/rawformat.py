@@ -217,11 +217,6 @@ def _header(b: np.ndarray, kind: str, starts: np.ndarray, commas: np.ndarray
     return {"cfi": cfi, "feature_num": num}, ~(ok1 & ok2)
 
 
-def words_view(bp: np.ndarray) -> np.ndarray:
-    """The padded block as aligned little-endian uint64 words (length a multiple of 8)."""
-    return bp.view("<u8")
-
-
 def load64(v: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Bytes ``pos .. pos+7`` of the block as one little-endian uint64 each (two aligned loads)."""
     q = pos >> 3

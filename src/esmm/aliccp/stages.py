@@ -156,11 +156,26 @@ def _write_rows(path: Path, d: dict[str, Any], uidx: np.ndarray, rows: np.ndarra
     return stats
 
 
+def _tiled(runs: tuple[np.ndarray, np.ndarray], starts: np.ndarray, lens: np.ndarray,
+           ids: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first, count = runs
+    pieces_i, pieces_w = [], []
+    for r, k in zip(first.tolist(), count.tolist()):
+        a, b = int(starts[r]), int(starts[r] + lens[r])
+        pieces_i.append(np.tile(ids[a:b], k))
+        pieces_w.append(np.tile(vals[a:b], k))
+    return np.concatenate(pieces_i), np.concatenate(pieces_w)
+
+
 def _table(d: dict[str, Any], uidx: np.ndarray, rows: np.ndarray, users: dict[str, Any],
            vocabs: dict[str, Any], item_off: dict[str, np.ndarray], stats: dict[str, Any]
            ) -> pa.Table:
     u = uidx[rows]
     n = len(rows)
+    first = np.flatnonzero(np.diff(u)) + 1
+    # rows of one user come in runs: copy each user's bag once per run (np.tile), no gather
+    runs = (np.concatenate([[0], first]), np.diff(np.concatenate([[0], first, [n]])))
+    runs = runs if len(runs[0]) * 8 <= n else None
     cols: dict[str, pa.Array] = {}
     for f in USER_FIELDS + ITEM_FIELDS:
         if f not in MULTI_FIELDS:
@@ -177,9 +192,12 @@ def _table(d: dict[str, Any], uidx: np.ndarray, rows: np.ndarray, users: dict[st
             ids = raw_ids
         lens = ptr[rows + 1 if f in ITEM_FIELDS else u + 1] - starts
         off = _offsets(lens)
-        pos = np.repeat(starts - off[:-1], lens) + np.arange(off[-1])
-        bag_ids = ids[pos] if f in USER_FIELDS else vocabs[f].encode(ids[pos])
-        bag_w = vals[pos]
+        if f in USER_FIELDS and runs is not None:
+            bag_ids, bag_w = _tiled(runs, starts, lens, ids, vals)
+        else:
+            pos = np.repeat(starts - off[:-1], lens) + np.arange(off[-1])
+            bag_ids = ids[pos] if f in USER_FIELDS else vocabs[f].encode(ids[pos])
+            bag_w = vals[pos]
         cols[f] = _list(off, bag_ids)
         cols[weight_column(f)] = _list(off, bag_w)
         if f in CROSS_FIELDS:
