@@ -207,7 +207,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--force", action="store_true", help="overwrite earlier demo runs")
+    p.add_argument("--force", action="store_true",
+                   help="retrain runs finished earlier (default: reuse them)")
     p.set_defaults(handler=_run_demo, seed=None, early_stop_metric=None, patience=None)
 
 

@@ -31,7 +31,10 @@ DEMO_METRICS = ("cvr_auc_entire_truth", "oracle_cvr_auc_entire_truth", "cvr_auc"
 def run_demo(out_dir: str | Path, *, models: tuple[str, ...] = ("base", "esmm"),
              seeds: tuple[int, ...] = (0,), world: WorldConfig | None = None,
              config: RunConfig | None = None, force: bool = False) -> dict[str, list[dict]]:
-    """Train every model on the world of every seed; return {model: [test metrics per seed]}."""
+    """Train every model on the world of every seed; return {model: [test metrics per seed]}.
+
+    Runs already finished in ``out_dir`` are reused unless ``force``.
+    """
     out = Path(out_dir)
     world = world or WorldConfig()
     config = config or RunConfig()
@@ -43,9 +46,15 @@ def run_demo(out_dir: str | Path, *, models: tuple[str, ...] = ("base", "esmm"),
                   file=sys.stderr)
             write_world(data, WorldConfig(**{**world.__dict__, "seed": seed}))
         for model in models:
+            run = out / f"{model}-seed{seed}"
+            if (run / "metrics.json").is_file() and not force:
+                # finished earlier: reuse it, so an interrupted demo picks up where it stopped
+                print(f"== {model} (seed {seed}) already trained in {run}", file=sys.stderr)
+                results[model].append(json.loads((run / "metrics.json").read_text())["test"])
+                continue
             print(f"== training {model} (seed {seed})", file=sys.stderr)
             cfg = config.replace(model=model, seed=seed)
-            metrics = train(data, out / f"{model}-seed{seed}", cfg, force=force)
+            metrics = train(data, run, cfg, force=force)
             results[model].append(metrics["test"])
     (out / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
