@@ -6,7 +6,9 @@
    with real-shaped user lines) unless it is already there;
 2. runs ``esmm aliccp prepare`` on it in a subprocess and samples the memory of the
    whole process tree (sum of PSS, so pages shared between the forked workers
-   count once; and the largest single RSS) every 0.2 s;
+   count once; and the largest single RSS) and the load average every 0.2 s; the
+   CPU seconds of the whole tree give MB per CPU-second, the per-core figure that
+   does not depend on what else the machine runs;
 3. with ``--scaling``, runs it again on the first half of the skeleton with the same
    common-features file: peak memory should not depend on the skeleton's size;
 4. runs the straightforward line-by-line Python parser public repositories use
@@ -60,10 +62,23 @@ def _mem(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def _loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_measured(cmd: list[str]) -> dict:
+    """Run ``cmd``; wall seconds, CPU seconds of the whole process tree (workers included),
+    peak memory, and the machine's 1-minute load average (sampled every 0.2 s)."""
     start = time.perf_counter()
+    cpu0 = _cpu_children()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"pss": 0, "rss": 0}
+    loads: list[float] = []
     done = threading.Event()
 
     def sample() -> None:
@@ -71,6 +86,7 @@ def run_measured(cmd: list[str]) -> dict:
             mems = [_mem(p) for p in _tree(proc.pid)]
             peak["pss"] = max(peak["pss"], sum(m[0] for m in mems))
             peak["rss"] = max(peak["rss"], max((m[1] for m in mems), default=0))
+            loads.append(_loadavg())
             time.sleep(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -80,13 +96,17 @@ def run_measured(cmd: list[str]) -> dict:
     t.join()
     if proc.returncode:
         sys.exit(f"{cmd} failed:\n{output}")
-    return {"seconds": time.perf_counter() - start, "peak_pss_gb": peak["pss"] / 2**30,
-            "peak_single_rss_gb": peak["rss"] / 2**30, "output": output}
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_children() - cpu0,
+            "peak_pss_gb": peak["pss"] / 2**30, "peak_single_rss_gb": peak["rss"] / 2**30,
+            "load_avg_min_mean_max": [min(loads, default=0), sum(loads) / max(1, len(loads)),
+                                      max(loads, default=0)],
+            "output": output}
 
 
 def naive_parse(skeleton: Path, common: Path, fraction: float) -> dict:
     """The straightforward way: a dict of parsed common features, split() per line, join."""
     start = time.perf_counter()
+    cpu = time.process_time()
     limit = fraction * common.stat().st_size
     users, nbytes, nlines, entries = {}, 0, 0, 0
     with open(common, encoding="ascii") as f:
@@ -122,7 +142,9 @@ def naive_parse(skeleton: Path, common: Path, fraction: float) -> dict:
                 row.setdefault(fid, []).append((int(i), float(v)))
             entries += sum(len(x) for x in row.values())
     dt = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     return {"bytes": nbytes, "lines": nlines, "seconds": dt, "mb_per_s": nbytes / dt / 1e6,
+            "cpu_seconds": cpu, "mb_per_cpu_second": nbytes / cpu / 1e6,
             "lines_per_s": nlines / dt, "joined_rows_without_user": missing,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -170,10 +192,16 @@ def main() -> None:
         rep = json.loads((work / f"out_{name}" / "aliccp_report.json").read_text())
         lines = sum(p["lines"] for p in rep["inputs"].values())
         read_s = sum(p["seconds"] for p in rep["inputs"].values())
+        cores = a.workers or os.cpu_count()
         res[name] = {"raw_mb": nbytes / 1e6, "seconds": round(r["seconds"], 1),
+                     "prepare_seconds_inside": rep["seconds"],
+                     "cpu_seconds": round(r["cpu_seconds"], 1),
                      "mb_per_s": round(nbytes / r["seconds"] / 1e6, 1),
-                     "mb_per_s_per_core": round(nbytes / r["seconds"] / 1e6 / (a.workers or os.cpu_count()), 1),
+                     "mb_per_s_per_core": round(nbytes / r["seconds"] / 1e6 / cores, 1),
+                     "mb_per_cpu_second": round(nbytes / r["cpu_seconds"] / 1e6, 1),
                      "lines_per_s": round(lines / r["seconds"]),
+                     "lines_per_cpu_second": round(lines / r["cpu_seconds"]),
+                     "load_avg_min_mean_max": [round(x, 1) for x in r["load_avg_min_mean_max"]],
                      "read_phase_mb_per_s": round(nbytes / read_s / 1e6, 1),
                      "peak_pss_gb": round(r["peak_pss_gb"], 2),
                      "peak_single_rss_gb": round(r["peak_single_rss_gb"], 2),
@@ -182,10 +210,14 @@ def main() -> None:
                      "output_mb": round(sum(p.stat().st_size for p in (work / f"out_{name}").rglob("*")
                                             if p.is_file()) / 1e6)}
         print(json.dumps({name: res[name]}), file=sys.stderr)
+    load0 = _loadavg()
     res["naive"] = {k: round(v, 2) for k, v in naive_parse(skel, common, a.naive_fraction).items()}
+    res["naive"]["load_avg_start_end"] = [load0, _loadavg()]
     res["speedup_vs_naive_end_to_end"] = round(res["full"]["mb_per_s"] / res["naive"]["mb_per_s"], 1)
     res["speedup_vs_naive_read_phase"] = round(res["full"]["read_phase_mb_per_s"]
                                                / res["naive"]["mb_per_s"], 1)
+    res["speedup_vs_naive_per_cpu_second"] = round(res["full"]["mb_per_cpu_second"]
+                                                   / res["naive"]["mb_per_cpu_second"], 1)
     res["raw_total_mb"] = raw_bytes / 1e6
     print(json.dumps(res, indent=2))
     (work / "bench.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -17,7 +17,7 @@ from esmm.aliccp.prepare import PrepareConfig, prepare
 from esmm.aliccp.rawformat import parse_block
 from esmm.aliccp.report import BAD_LINES_FILE, BadInputError
 from esmm.cli import main
-from esmm.data import load_schema, load_split, split_files
+from esmm.data import load_schema, load_split, side_files, split_files
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/aliccp-samples"
 CFG = dict(workers=2, chunk_mb=0.05, progress=False)  # tiny chunks: many work units even here
@@ -58,11 +58,15 @@ def _entries(feats: str) -> list[tuple[str, int, float]]:
 
 
 def prepared_rows(out: Path, split: str) -> list[dict]:
-    """Read a prepared split back as raw ids (through vocabularies.json)."""
+    """Read a prepared split back as raw ids (through vocabularies.json), each impression
+    joined with its user's row of the side table (plain Python, row by row)."""
     vocab = json.loads((out / "vocabularies.json").read_text())
+    users = pq.ParquetDataset(side_files(out, "user")).read().to_pylist()
     table = pq.ParquetDataset(split_files(out, split)).read().to_pylist()
     rows = []
     for r in table:
+        assert not set(r) & set(USER_FIELDS)  # user fields are not repeated per impression
+        r.update(users[r["user_row"]])
         row = {"sample_id": r["sample_id"], "click": r["click"], "conversion": r["conversion"]}
         for f in ALL_FIELDS:
             toks = vocab[f]["tokens"]
@@ -369,3 +373,32 @@ def test_train_runs_on_prepared_data_with_weighted_bags(fake_prepared, tmp_path)
                         train=TrainConfig(epochs=1, batch_size=256, progress=False))
         m = train(out, tmp_path / pooling, cfg)
         assert "test" in m and np.isfinite(m["test"]["ctr_auc"])
+
+
+def test_user_features_are_stored_once_per_user(fake_raw, fake_prepared):
+    from esmm.data import encode_table
+
+    out, _ = fake_prepared
+    schema = load_schema(out)
+    assert schema.side_tables == {"user": "user_row"}
+    assert [f.name for f in schema.features if f.table == "user"] == list(USER_FIELDS)
+    side = pq.ParquetDataset(side_files(out, "user")).read()
+    common = [line for s in ("train", "test")
+              for line in (fake_raw / f"common_features_{s}.csv").read_bytes().splitlines()]
+    assert side.num_rows == len(common)  # one row per common-features line, train then test
+    entries = sum(line.count(b"\x01150_14\x02") + line.split(b",")[2].startswith(b"150_14\x02")
+                  for line in common)
+    assert len(side.column("150_14").combine_chunks().flatten()) == entries
+    # the reader's batches equal those of the joined (denormalised) table
+    for split in ("train", "test"):
+        flat = imp = pq.ParquetDataset(split_files(out, split)).read()
+        taken = side.take(imp.column("user_row"))
+        for c in schema.side_columns("user"):
+            flat = flat.append_column(c, taken.column(c))
+        a = load_split(out, split, schema)
+        b = encode_table(flat, schema.flattened())
+        rows = np.random.default_rng(0).permutation(len(a))[:300]
+        for r in (rows, slice(7, 400)):
+            x, y = a.batch(r), b.batch(r)
+            for name in ("cat", "bag_ids", "bag_offsets", "bag_weights", "dense", "click"):
+                np.testing.assert_array_equal(getattr(x, name).numpy(), getattr(y, name).numpy())

@@ -13,9 +13,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = p.add_subparsers(dest="aliccp_command", required=True, metavar="SUBCOMMAND")
 
     prep = s.add_parser("prepare", help="raw sample_skeleton/common_features files -> dataset",
-                        description="Join every impression with its user's common features and "
-                        "write a dataset directory (schema.json, vocabularies.json, train/ valid/ "
-                        "test/ Parquet shards). Vocabularies are fitted on train; valid is the "
+                        description="Write a dataset directory (schema.json, vocabularies.json, "
+                        "train/ valid/ test/ Parquet shards of impressions, and side/user/: the "
+                        "user features once per common-features line, which each impression "
+                        "addresses by user_row). Vocabularies are fitted on train; valid is the "
                         "last --valid-fraction of the train file in log order; test is the test file.")
     prep.add_argument("--raw", required=True, help="folder with sample_skeleton_{train,test}.csv "
                       "and common_features_{train,test}.csv (plain or .gz), or sample_train.tar.gz "

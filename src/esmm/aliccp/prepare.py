@@ -11,7 +11,11 @@ Pipeline for one split (train, then test), every step on all cores:
    once per user, weighted by that user's train rows -- the same count as in
    the joined table);
 4. vocabularies (train only, ``min_count``), the user table encoded in place;
-5. encode + join + write: one Parquet shard per chunk (``train/part-*.parquet``).
+5. write: the user table once, as the side table ``side/user/*.parquet`` (one row
+   per common-features line; train lines, then test lines), and the impression
+   fields, one Parquet shard per chunk (``train/part-*.parquet``), each row with
+   ``user_row``, the row of its user in the side table. User features are never
+   repeated per impression.
 
 Memory: the user table (proportional to the common-features file) plus a few
 chunks in flight; the skeleton is never held whole. Valid is the last
@@ -37,7 +41,7 @@ from esmm.aliccp.fields import (ALL_FIELDS, CROSS_FIELDS, ITEM_FIELDS, MULTI_FIE
 from esmm.aliccp.report import REPORT_FILE, BadInputError, BadLines, format_summary
 from esmm.aliccp.sources import Member, Progress, has_split, split_members
 from esmm.aliccp.vocabfit import Counter, FieldVocab, count_ids
-from esmm.data import SCHEMA_FILE, VOCAB_FILE
+from esmm.data import SCHEMA_FILE, SIDE_DIR, VOCAB_FILE
 from esmm.schema import Feature, Schema
 
 ORPHAN_POLICIES = ("zero", "drop", "error")
@@ -224,10 +228,19 @@ class _Run:
                 users["single"][f] = self.vocabs[f].encode(users["single"][f])
 
     # -- step 5: write ----------------------------------------------------------------------
-    def write(self, users: dict[str, Any], tasks: list[tuple[int, list]]) -> dict[str, dict]:
-        stages.STATE.update(users=users, vocabs=self.vocabs, out=str(self.out))
+    def write(self, users: dict[str, Any], tasks: list[tuple[int, list]], part: int,
+              user_base: int) -> dict[str, dict]:
+        """Write the user side table (shards ``side/user/<part>-*.parquet``: its rows follow
+        the ``user_base`` rows written before) and the impression shards."""
+        stages.STATE.update(users=users, vocabs=self.vocabs, out=str(self.out),
+                            user_base=user_base)
         totals: dict[str, dict] = {}
+        side = f"{SIDE_DIR}/{stages.USER_TABLE}"
+        user_tasks = [(f"{side}/{part}-{k:05d}.parquet", lo, hi)
+                      for k, (lo, hi) in enumerate(stages.user_slices(users))]
         with self.pool() as pool:
+            written = sum(_ordered(pool, stages.write_users, user_tasks, 2 * self.workers))
+            assert written == users["n"]
             for res in _ordered(pool, stages.encode_chunk, tasks, 2 * self.workers):
                 for split, s in res["splits"].items():
                     t = totals.setdefault(split, {"rows": 0, "clicks": 0, "conversions": 0,
@@ -250,7 +263,7 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None 
     if out.exists() and any(out.iterdir()) and not cfg.force:
         raise ValueError(f"{out}: output directory is not empty; pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("train", "valid", "test", TMP_DIR):
+    for sub in ("train", "valid", "test", SIDE_DIR, TMP_DIR):
         shutil.rmtree(out / sub, ignore_errors=True)
     run = _Run(raw, out, cfg)
     run.tmp.mkdir()
@@ -289,8 +302,9 @@ def _train_then_test(run: _Run) -> dict[str, dict]:
     phase("encode_users")
     tasks = [(c["index"], [("train", 0, lim), ("valid", lim, c["rows"])])
              for c, lim in zip(chunks, limits)]
-    splits = run.write(users, tasks)
+    splits = run.write(users, tasks, 0, 0)
     phase("write")
+    n_train_users = users["n"]
     del users
     if has_split(run.raw, "test"):
         for f in list(run.tmp.iterdir()):
@@ -301,19 +315,24 @@ def _train_then_test(run: _Run) -> dict[str, dict]:
         run.resolve_and_count(users, chunks, [0] * len(chunks), skel, common)
         run.encode_users(users)
         phase("resolve_count")
-        splits.update(run.write(users, [(c["index"], [("test", 0, c["rows"])]) for c in chunks]))
+        splits.update(run.write(users, [(c["index"], [("test", 0, c["rows"])]) for c in chunks],
+                                1, n_train_users))
         phase("write")
     return splits
 
 
 def build_schema(vocabs: dict[str, FieldVocab], description: str, extra: dict) -> Schema:
+    """User fields live in the side table ``user`` (one row per common-features line), keyed
+    by the impression column ``user_row``; impression fields in the split files."""
     feats = []
     for f in ALL_FIELDS:
         k = kind(f)
         feats.append(Feature(f, k, max(2, vocabs[f].size),
-                             weight_column=weight_column(f) if k == "multi_categorical" else None))
+                             weight_column=weight_column(f) if k == "multi_categorical" else None,
+                             table=stages.USER_TABLE if f in USER_FIELDS else None))
     feats += [Feature(value_column(f), "dense") for f in CROSS_FIELDS]
-    return Schema(tuple(feats), group="group", description=description, extra=extra)
+    return Schema(tuple(feats), group="group", description=description, extra=extra,
+                  side_tables={stages.USER_TABLE: stages.USER_KEY})
 
 
 def _finish(run: _Run, splits: dict[str, dict], seconds: float) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from esmm.aliccp.sources import Chunk
 from esmm.aliccp.vocabfit import count_ids
 
 STATE: dict[str, Any] = {}
-SLICE_ENTRIES = 8_000_000  # user-side bag entries materialised at once while writing
+SLICE_ENTRIES = 8_000_000  # user-side bag entries per side-table shard
+USER_TABLE = "user"  # the side table of user features (one row per common-features line)
+USER_KEY = "user_row"  # impression column: the row of the user's features in that table
 
 
 def _tmp(index: int) -> Path:
@@ -105,6 +107,8 @@ def count_chunk(task: tuple[int, int]) -> dict[str, Any]:
 
 
 def _list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    if len(values) < 2**31:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
@@ -114,8 +118,17 @@ def _offsets(lens: np.ndarray) -> np.ndarray:
     return off
 
 
+def _writer(path: Path, table: pa.Table) -> pq.ParquetWriter:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return pq.ParquetWriter(path, table.schema, compression="zstd", compression_level=1,
+                            write_statistics=False)
+
+
 def encode_chunk(task: tuple[int, list[tuple[str, int, int]]]) -> dict[str, Any]:
-    """Encode one spooled chunk and write it as Parquet: ``[(split, row_from, row_to), ...]``."""
+    """Encode one spooled chunk and write it as Parquet: ``[(split, row_from, row_to), ...]``.
+
+    Only the impression side is written here; each row points at its user's row of
+    the side table (``user_row``), which :func:`write_users` writes once per user."""
     index, parts = task
     d = _load(index)
     uidx = resolve(d["cfi"])
@@ -125,92 +138,81 @@ def encode_chunk(task: tuple[int, list[tuple[str, int, int]]]) -> dict[str, Any]
         rows = rows[uidx[rows] >= 0]
         if not len(rows):
             continue
-        path = Path(STATE["out"]) / split / f"part-{index:05d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        stats[split] = _write_rows(path, d, uidx, rows)
+        table, stats[split] = _table(d, uidx, rows)
+        writer = _writer(Path(STATE["out"]) / split / f"part-{index:05d}.parquet", table)
+        writer.write_table(table)
+        writer.close()
     return {"index": index, "splits": stats}
 
 
-def _write_rows(path: Path, d: dict[str, Any], uidx: np.ndarray, rows: np.ndarray
-                ) -> dict[str, Any]:
+def _table(d: dict[str, Any], uidx: np.ndarray, rows: np.ndarray
+           ) -> tuple[pa.Table, dict[str, Any]]:
     users, vocabs = STATE["users"], STATE["vocabs"]
-    item_off = {f: _offsets(d[f][0]) for f in ITEM_FIELDS if f in MULTI_FIELDS}
-    per_row = sum(np.diff(users["multi"][f][0])[uidx[rows]] for f in USER_FIELDS
-                  if f in MULTI_FIELDS)
-    stats: dict[str, Any] = {"rows": 0, "clicks": 0, "conversions": 0,
-                             "bag_entries": {f: 0 for f in MULTI_FIELDS}}
-    writer = None
-    lo = 0
-    cum = np.cumsum(per_row)
-    while lo < len(rows):
-        hi = max(lo + 1, int(np.searchsorted(cum, (cum[lo - 1] if lo else 0) + SLICE_ENTRIES)))
-        hi = min(hi, lo + 262144, len(rows))
-        table = _table(d, uidx, rows[lo:hi], users, vocabs, item_off, stats)
-        if writer is None:
-            writer = pq.ParquetWriter(path, table.schema, compression="zstd", compression_level=1,
-                                      write_statistics=False)
-        writer.write_table(table)
-        lo = hi
-    if writer is not None:
-        writer.close()
-    return stats
-
-
-def _tiled(runs: tuple[np.ndarray, np.ndarray], starts: np.ndarray, lens: np.ndarray,
-           ids: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    first, count = runs
-    pieces_i, pieces_w = [], []
-    for r, k in zip(first.tolist(), count.tolist()):
-        a, b = int(starts[r]), int(starts[r] + lens[r])
-        pieces_i.append(np.tile(ids[a:b], k))
-        pieces_w.append(np.tile(vals[a:b], k))
-    return np.concatenate(pieces_i), np.concatenate(pieces_w)
-
-
-def _table(d: dict[str, Any], uidx: np.ndarray, rows: np.ndarray, users: dict[str, Any],
-           vocabs: dict[str, Any], item_off: dict[str, np.ndarray], stats: dict[str, Any]
-           ) -> pa.Table:
     u = uidx[rows]
     n = len(rows)
-    first = np.flatnonzero(np.diff(u)) + 1
-    # rows of one user come in runs: copy each user's bag once per run (np.tile), no gather
-    runs = (np.concatenate([[0], first]), np.diff(np.concatenate([[0], first, [n]])))
-    runs = runs if len(runs[0]) * 8 <= n else None
+    stats: dict[str, Any] = {"rows": n, "bag_entries": {}}
     cols: dict[str, pa.Array] = {}
-    for f in USER_FIELDS + ITEM_FIELDS:
+    for f in ITEM_FIELDS:
         if f not in MULTI_FIELDS:
-            cols[f] = pa.array(users["single"][f][u] if f in USER_FIELDS
-                               else vocabs[f].encode(d[f][rows]))
+            cols[f] = pa.array(vocabs[f].encode(d[f][rows]))
             continue
-        if f in USER_FIELDS:
-            ptr, ids, vals = users["multi"][f]
-            starts = ptr[u]
-        else:
-            lens_all, raw_ids, vals = d[f]
-            ptr = item_off[f]
-            starts = ptr[rows]
-            ids = raw_ids
-        lens = ptr[rows + 1 if f in ITEM_FIELDS else u + 1] - starts
+        lens_all, raw_ids, vals = d[f]
+        ptr = _offsets(lens_all)
+        starts = ptr[rows]
+        lens = ptr[rows + 1] - starts
         off = _offsets(lens)
-        if f in USER_FIELDS and runs is not None:
-            bag_ids, bag_w = _tiled(runs, starts, lens, ids, vals)
-        else:
-            pos = np.repeat(starts - off[:-1], lens) + np.arange(off[-1])
-            bag_ids = ids[pos] if f in USER_FIELDS else vocabs[f].encode(ids[pos])
-            bag_w = vals[pos]
-        cols[f] = _list(off, bag_ids)
+        pos = np.repeat(starts - off[:-1], lens) + np.arange(off[-1])
+        bag_w = vals[pos]
+        cols[f] = _list(off, vocabs[f].encode(raw_ids[pos]))
         cols[weight_column(f)] = _list(off, bag_w)
         if f in CROSS_FIELDS:
             row_of = np.repeat(np.arange(n), lens)
             cols[value_column(f)] = pa.array(np.bincount(row_of, weights=bag_w, minlength=n)
                                              .astype(np.float32))
-        stats["bag_entries"][f] += int(off[-1])
+        stats["bag_entries"][f] = int(off[-1])
+    for f in USER_FIELDS:  # the user's bags are stored once, in the side table; counted per row
+        if f in MULTI_FIELDS:
+            stats["bag_entries"][f] = int(np.diff(users["multi"][f][0])[u].sum())
     click, conv = d["click"][rows], d["conversion"][rows]
+    cols[USER_KEY] = pa.array(u + STATE["user_base"])
     cols["click"] = pa.array(click)
     cols["conversion"] = pa.array(conv)
     cols["group"] = pa.array(users["group"][u])
     cols["sample_id"] = pa.array(d["sample_id"][rows])
-    stats["rows"] += n
-    stats["clicks"] += int(click.sum())
-    stats["conversions"] += int(conv.sum())
-    return pa.table(cols)
+    stats["clicks"] = int(click.sum())
+    stats["conversions"] = int(conv.sum())
+    return pa.table(cols), stats
+
+
+def user_slices(users: dict[str, Any]) -> list[tuple[int, int]]:
+    """Row ranges of the user table, each about ``SLICE_ENTRIES`` bag entries (one shard each)."""
+    n = users["n"]
+    per_row = sum(np.diff(users["multi"][f][0]) for f in USER_FIELDS if f in MULTI_FIELDS)
+    cum = np.concatenate([[0], np.cumsum(per_row)]) if n else np.zeros(1, np.int64)
+    bounds = [0]
+    while bounds[-1] < n:
+        lo = bounds[-1]
+        hi = int(np.searchsorted(cum, cum[lo] + SLICE_ENTRIES, side="right")) - 1
+        bounds.append(min(n, max(hi, lo + 1)))
+    return list(zip(bounds[:-1], bounds[1:])) or [(0, 0)]
+
+
+def write_users(task: tuple[str, int, int]) -> int:
+    """Write user rows ``lo:hi`` (every user field, encoded) as one side-table shard."""
+    name, lo, hi = task
+    users = STATE["users"]
+    cols: dict[str, pa.Array] = {}
+    for f in USER_FIELDS:
+        if f in MULTI_FIELDS:
+            ptr, ids, vals = users["multi"][f]
+            a, b = int(ptr[lo]), int(ptr[hi])
+            off = ptr[lo:hi + 1] - a
+            cols[f] = _list(off, ids[a:b])
+            cols[weight_column(f)] = _list(off, vals[a:b])
+        else:
+            cols[f] = pa.array(users["single"][f][lo:hi])
+    table = pa.table(cols)
+    writer = _writer(Path(STATE["out"]) / name, table)
+    writer.write_table(table)
+    writer.close()
+    return hi - lo
