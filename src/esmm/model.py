@@ -56,7 +56,7 @@ class EmbeddingTable(nn.Module):
         """(rows, index) such that ``rows[index]`` are the embeddings of ``ids``."""
         if self.row_sparse and self.training and torch.is_grad_enabled():
             uniq, inverse = self._unique(ids)
-            rows = self.weight.detach()[uniq].requires_grad_()
+            rows = self.weight.detach().index_select(0, uniq).requires_grad_()
             self._touched.append((uniq, rows))
             return rows, inverse
         return self.weight, ids
@@ -115,7 +115,7 @@ class FeatureEmbedding(nn.Module):
             parts.append(self._pool_bags(batch, b))
         if self.n_dense:
             parts.append((batch.dense - self.dense_mean) / self.dense_std)
-        return torch.cat(parts, dim=1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _pool_bags(self, batch: Batch, b: int) -> torch.Tensor:
         n_bags = b * self.n_bag

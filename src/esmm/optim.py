@@ -48,8 +48,12 @@ class RowWiseAdam:
                                              return_inverse=True)
                 grad = torch.zeros(len(uniq), table.weight.shape[1]).index_add_(
                     0, inverse, torch.cat([g for _, g in touched]))
-            m = m_all[uniq].mul_(b1).add_(grad, alpha=1 - b1)
-            v = v_all[uniq].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            m_all[uniq] = m
-            v_all[uniq] = v
-            table.weight[uniq] -= step_size * m / v.sqrt().add_(self.eps)
+            # index_select/index_copy_: the plain row gather/scatter kernels, several
+            # times cheaper than advanced indexing (aten::index / index_put_)
+            m = m_all.index_select(0, uniq).mul_(b1).add_(grad, alpha=1 - b1)
+            v = v_all.index_select(0, uniq).mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            m_all.index_copy_(0, uniq, m)
+            v_all.index_copy_(0, uniq, v)
+            w = table.weight.index_select(0, uniq).addcdiv_(m, v.sqrt_().add_(self.eps),
+                                                             value=-step_size)
+            table.weight.index_copy_(0, uniq, w)
