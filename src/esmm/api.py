@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from esmm.artifacts import load_run, prepare_run_dir, save_run
-from esmm.config import RunConfig
+from esmm.config import EVAL_BATCH_SIZE, RunConfig
 from esmm.data import VOCAB_FILE, has_split, load_schema, load_split
 from esmm.registry import get_model_spec
 from esmm.training import Trainer, configure_threads, evaluate_split, set_seed
@@ -53,7 +53,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: RunConfig | None = 
 
 
 def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test",
-             batch_size: int = 65536) -> dict[str, float]:
+             batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
     """The paper's metrics for a saved run on one split of an encoded dataset."""
     run = load_run(run_dir)
     schema = load_schema(data_dir)

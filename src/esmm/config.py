@@ -19,6 +19,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# Rows scored per forward pass when evaluating: measured fastest of 4k/16k/64k on 2 cores
+# (activations of 16k rows stay in cache; 64k rows spill).
+EVAL_BATCH_SIZE = 16384
+
+
 class ConfigError(ValueError):
     """A configuration value or key is invalid."""
 
@@ -74,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     early_stop_metric: str = "ctcvr_auc"
     patience: int = 1
-    eval_batch_size: int = 65536
+    eval_batch_size: int = EVAL_BATCH_SIZE
     threads: int = 0  # 0: every core torch sees
     progress: bool = True
 

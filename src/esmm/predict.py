@@ -26,6 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from esmm.artifacts import LoadedRun, load_run
+from esmm.config import EVAL_BATCH_SIZE
 from esmm.data import EncodedSplit, encode_table
 from esmm.importer import (CSV_BLOCK_BYTES, check_columns, csv_convert_options, raw_columns,
                            raw_format)
@@ -44,7 +45,7 @@ class PredictError(ValueError):
 class Predictor:
     """A trained run ready to score raw rows (tables whose columns are raw feature values)."""
 
-    def __init__(self, run: LoadedRun, batch_size: int = 65536) -> None:
+    def __init__(self, run: LoadedRun, batch_size: int = EVAL_BATCH_SIZE) -> None:
         self.run = run
         self.schema: Schema = run.schema
         self.vocabularies: dict[str, Vocabulary] | None = vocabularies_from_json(run.vocabularies)

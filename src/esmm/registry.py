@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from esmm.baselines import (DivisionLoss, DivisionTowers, InversePropensityLoss,
+                            NegativeSamplingLoss, OversampledClickedLoss, division_probabilities)
 from esmm.config import ConfigError, ModelConfig
 from esmm.losses import ClickedOnlyLoss, EntireSpaceLoss, Objective, Outputs
 from esmm.model import SeparateTowers, SharedTowers
@@ -46,6 +48,47 @@ MODELS: dict[str, ModelSpec] = {
                   "CTR network for pCTCVR", SeparateTowers, ClickedOnlyLoss()),
     )
 }
+
+
+# --- the paper's other baselines (esmm.baselines, docs/baselines.md) -------------------------
+# AMAN and OVERSAMPLING have a rate the paper searches on held-out data; each candidate is a
+# model of its own name (``aman-r20``: 20% of unclicked impressions as CVR negatives;
+# ``oversampling-k5``: positives counted 5 times), so a run directory reloads from its name
+# alone. ``aman`` and ``oversampling`` are the defaults ``esmm train`` gets; ``esmm compare``
+# searches the candidates (esmm.compare.SEARCH_SPACES) instead.
+
+AMAN_RATES_PERCENT = (10, 20, 50, 100)
+OVERSAMPLING_COPIES = (2, 3, 5, 10)
+DEFAULT_AMAN_RATE_PERCENT = 10
+DEFAULT_OVERSAMPLING_COPIES = 3
+
+
+def make_aman_spec(rate_percent: int, name: str | None = None) -> ModelSpec:
+    return ModelSpec(name or f"aman-r{rate_percent}",
+                     f"AMAN: BASE plus unclicked impressions as CVR negatives, sampled at "
+                     f"{rate_percent}%", SeparateTowers,
+                     NegativeSamplingLoss(rate_percent / 100.0))
+
+
+def make_oversampling_spec(copies: int, name: str | None = None) -> ModelSpec:
+    return ModelSpec(name or f"oversampling-k{copies}",
+                     f"OVERSAMPLING: BASE with each converted click counted {copies} times",
+                     SeparateTowers, OversampledClickedLoss(copies))
+
+
+MODELS.update({
+    spec.name: spec
+    for spec in (
+        make_aman_spec(DEFAULT_AMAN_RATE_PERCENT, name="aman"),
+        *(make_aman_spec(r) for r in AMAN_RATES_PERCENT),
+        make_oversampling_spec(DEFAULT_OVERSAMPLING_COPIES, name="oversampling"),
+        *(make_oversampling_spec(k) for k in OVERSAMPLING_COPIES),
+        ModelSpec("unbias", "UNBIAS: BASE's clicked-only CVR loss reweighted by 1/pCTR (own CTR "
+                  "network) to the entire space", SeparateTowers, InversePropensityLoss()),
+        ModelSpec("division", "DIVISION: separate CTR and CTCVR networks; pCVR = pCTCVR / pCTR "
+                  "clipped to [0, 1]", DivisionTowers, DivisionLoss(), division_probabilities),
+    )
+})
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from esmm.config import TrainConfig
+from esmm.config import EVAL_BATCH_SIZE, TrainConfig
 from esmm.data import EncodedSplit
 from esmm.metrics import evaluate_predictions, higher_is_better
 from esmm.model import dense_parameters, row_sparse_tables
@@ -68,7 +68,7 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[Any]:
 
 @torch.inference_mode()
 def predict_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
-                  batch_size: int = 65536) -> dict[str, np.ndarray]:
+                  batch_size: int = EVAL_BATCH_SIZE) -> dict[str, np.ndarray]:
     """p_ctr, p_cvr and p_ctcvr for every row of ``split``, in row order."""
     was_training = model.training
     model.eval()
@@ -83,7 +83,7 @@ def predict_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
 
 
 def evaluate_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
-                   batch_size: int = 65536) -> dict[str, float]:
+                   batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
     """The paper's metrics (``esmm.metrics.evaluate_predictions``) on one split."""
     p = predict_split(model, spec, split, batch_size)
     return evaluate_predictions(p["p_ctr"], p["p_cvr"], split.click, split.conversion,

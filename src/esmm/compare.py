@@ -1,0 +1,463 @@
+"""``esmm compare``: the paper's Table 2 -- every baseline, repeated seeds, one report.
+
+For every model and seed this trains one run (``esmm.api.train``: train split,
+early stopping on valid), evaluates it on test with the paper's protocol (CVR
+AUC on clicked impressions, CTCVR AUC on all impressions, and on simulated data
+pCVR over the entire space against the true propensity), and writes::
+
+    REPORT/report.md        command, data, the table (mean +- std over seeds), discussion
+    REPORT/results.json     every run's metrics, every failure, the hyperparameter searches
+    REPORT/*.png            ROC curves, reliability plots per task, bars with error bars
+    REPORT/runs/NAME-seedS/ the run directories (``NAME`` is the registry name trained)
+
+Models with a hyperparameter the paper searches (AMAN's sampling rate,
+OVERSAMPLING's copies) are searched first: each candidate is trained with the
+first seed and scored on the **valid** split (``cvr_auc``); the chosen
+candidate's first-seed run is then evaluated on test and reused as that seed's
+result, and the other seeds train the chosen candidate. Test metrics take no
+part in any choice.
+
+A run that raises is recorded with its error and the comparison goes on; with
+``resume`` a run whose ``metrics.json`` exists is read back instead of trained,
+so an interrupted comparison continues where it stopped, and re-running it only
+rebuilds the report. Runs are seeded, so the same command gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from esmm import __version__
+from esmm.config import ConfigError, RunConfig
+from esmm.registry import AMAN_RATES_PERCENT, MODELS, OVERSAMPLING_COPIES
+from esmm.report import TABLE_METRICS
+
+#: Table 2's models in the paper's order.
+PAPER_MODELS = ("base", "aman", "oversampling", "unbias", "division", "esmm-ns", "esmm")
+
+#: Models whose candidates are searched on valid; a model listed here trains the chosen candidate.
+SEARCH_SPACES: dict[str, tuple[str, ...]] = {
+    "aman": tuple(f"aman-r{r}" for r in AMAN_RATES_PERCENT),
+    "oversampling": tuple(f"oversampling-k{k}" for k in OVERSAMPLING_COPIES),
+}
+SEARCH_METRIC = "cvr_auc"  # on the valid split; higher is better
+
+#: Test predictions of the first seed for the plots:
+#: ``{"labels": {click, conversion, true_ctr, true_cvr}, "models": {model: {p_ctr, p_cvr, p_ctcvr}}}``
+Predictions = dict[str, Any]
+
+RESULTS_FILE = "results.json"
+RUNS_DIR = "runs"
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-seed{seed}"
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _fmt_seconds(s: float) -> str:
+    s = max(0, int(round(s)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+@dataclass
+class Progress:
+    """``[3/35] model=aman-r20 seed=2 ... elapsed 4m10s, ETA 21m05s`` lines on a stream.
+
+    The ETA is the mean duration of the runs trained so far (runs read back
+    with ``resume`` do not count) times the runs left, this one included.
+    """
+
+    total: int
+    stream: TextIO | None = field(default_factory=lambda: sys.stderr)
+    done: int = 0
+    trained: int = 0
+    trained_seconds: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+
+    def begin(self, label: str) -> None:
+        if self.stream is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        left = self.total - self.done
+        eta = (_fmt_seconds(self.trained_seconds / self.trained * left) if self.trained
+               else "?")
+        print(f"[{self.done + 1}/{self.total}] {label} ... elapsed {_fmt_seconds(elapsed)}, "
+              f"ETA {eta}", file=self.stream, flush=True)
+
+    def end(self, seconds: float | None, message: str) -> None:
+        self.done += 1
+        if seconds is not None:
+            self.trained += 1
+            self.trained_seconds += seconds
+        if self.stream is not None:
+            print(f"    {message}", file=self.stream, flush=True)
+
+    def skip(self, n: int) -> None:
+        self.done += n
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Comparison:
+    """Everything one comparison needs; :meth:`run` does it."""
+
+    data_dir: Path
+    out_dir: Path
+    models: tuple[str, ...]
+    seeds: tuple[int, ...]
+    config: RunConfig
+    resume: bool = False
+    force: bool = False
+    command: str | None = None
+    notes: str | None = None
+    plots: bool = True
+    stream: TextIO | None = field(default_factory=lambda: sys.stderr)
+    # filled in by run()
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir, self.out_dir = Path(self.data_dir), Path(self.out_dir)
+        if not self.models:
+            raise ConfigError("no models to compare")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"models listed twice: {list(self.models)}")
+        unknown = [m for m in self.models if m not in SEARCH_SPACES and m not in MODELS]
+        if unknown:
+            raise ConfigError(f"unknown model(s) {unknown}; choose from "
+                              f"{sorted(set(MODELS) | set(SEARCH_SPACES))}")
+        if not self.seeds:
+            raise ConfigError("at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds listed twice: {list(self.seeds)}")
+
+    # ---- the plan
+
+    @property
+    def search_seed(self) -> int:
+        return self.seeds[0]
+
+    def n_jobs(self) -> int:
+        return sum(len(SEARCH_SPACES[m]) + len(self.seeds) - 1 if m in SEARCH_SPACES
+                   else len(self.seeds) for m in self.models)
+
+    def _check_out_dir(self) -> None:
+        runs = self.out_dir / RUNS_DIR
+        finished = sorted(p.parent.name for p in runs.glob("*/metrics.json")) if runs.is_dir() else []
+        if finished and not (self.resume or self.force):
+            raise ConfigError(f"{self.out_dir}: holds finished runs ({', '.join(finished[:3])}"
+                              f"{', ...' if len(finished) > 3 else ''}); pass --resume to keep "
+                              "them or --force to train them again")
+        runs.mkdir(parents=True, exist_ok=True)
+
+    # ---- running
+
+    def run(self) -> dict[str, Any]:
+        from esmm.data import has_split
+
+        for split in ("train", "valid", "test"):
+            if not has_split(self.data_dir, split):
+                raise ConfigError(f"{self.data_dir}: no {split} split; compare needs train, "
+                                  "valid (early stopping and searches) and test")
+        self._check_out_dir()
+        progress = Progress(self.n_jobs(), self.stream)
+        started = time.perf_counter()
+        chosen: dict[str, str | None] = {}
+        # Seed-major order: after the first pass every model has one result, which is
+        # what the report's plots need, and an interrupted comparison is balanced.
+        for i, seed in enumerate(self.seeds):
+            for model in self.models:
+                if i == 0 and model in SEARCH_SPACES:
+                    chosen[model] = self._search(model, progress)
+                variant = chosen.get(model, model) if model in SEARCH_SPACES else model
+                if variant is None:  # every candidate of the search failed
+                    self.runs.append(self._failed_record(model, model, seed, "search failed: "
+                                                         + self.search[model]["error"]))
+                    if i > 0:
+                        progress.skip(1)
+                    continue
+                if i == 0 and model in SEARCH_SPACES:
+                    # the chosen candidate's search run *is* this seed's run: test it now
+                    self.runs.append(self._final_from_search(model, variant, seed))
+                    continue
+                self.runs.append(self._run_one(model, variant, seed, progress, search=False))
+        results = self._results(time.perf_counter() - started)
+        self._write(results)
+        return results
+
+    def _search(self, model: str, progress: Progress) -> str | None:
+        seed = self.search_seed
+        candidates: dict[str, dict[str, Any]] = {}
+        for variant in SEARCH_SPACES[model]:
+            rec = self._run_one(model, variant, seed, progress, search=True)
+            score = (rec.get("valid") or {}).get(SEARCH_METRIC)
+            candidates[variant] = {"valid_" + SEARCH_METRIC: score, "status": rec["status"],
+                                   "error": rec.get("error"), "run_dir": rec["run_dir"],
+                                   "best_epoch": rec.get("best_epoch")}
+        scored = {v: c["valid_" + SEARCH_METRIC] for v, c in candidates.items()
+                  if c["status"] == "ok" and c["valid_" + SEARCH_METRIC] is not None
+                  and math.isfinite(c["valid_" + SEARCH_METRIC])}
+        best = max(scored, key=lambda v: scored[v]) if scored else None  # ties: first listed
+        entry: dict[str, Any] = {"metric": f"valid {SEARCH_METRIC}", "seed": seed,
+                                 "candidates": candidates, "chosen": best}
+        if best is None:
+            entry["error"] = "; ".join(f"{v}: {c['error'] or 'no valid ' + SEARCH_METRIC}"
+                                       for v, c in candidates.items())
+        self.search[model] = entry
+        if self.stream is not None:
+            verdict = f"chose {best}" if best else "every candidate failed"
+            print(f"    search for {model} on valid {SEARCH_METRIC}: " + ", ".join(
+                f"{v}={s:.4f}" for v, s in scored.items()) + f" -> {verdict}",
+                file=self.stream, flush=True)
+        return best
+
+    def _run_dir(self, variant: str, seed: int) -> Path:
+        return self.out_dir / RUNS_DIR / run_name(variant, seed)
+
+    def _run_one(self, model: str, variant: str, seed: int, progress: Progress, *,
+                 search: bool) -> dict[str, Any]:
+        from esmm.api import train
+
+        run_dir = self._run_dir(variant, seed)
+        label = f"model={variant} seed={seed}" + (f" (search for {model})" if search else "")
+        progress.begin(label)
+        cfg = self.config.replace(model=variant, seed=seed)
+        record = self._base_record(model, variant, seed)
+        metrics_file = run_dir / "metrics.json"
+        try:
+            if self.resume and metrics_file.is_file():
+                self._check_same_config(run_dir, cfg)
+                metrics = json.loads(metrics_file.read_text())
+                if not search and "test" not in metrics:
+                    metrics = self._add_test_metrics(run_dir, metrics)
+                record.update(self._from_metrics(metrics), resumed=True)
+                progress.end(None, f"resumed from {run_dir}")
+                return record
+            start = time.perf_counter()
+            metrics = train(self.data_dir, run_dir, cfg, force=True, evaluate_test=not search)
+            seconds = time.perf_counter() - start
+            record.update(self._from_metrics(metrics))
+            shown = f"valid {SEARCH_METRIC} {metrics['valid'][SEARCH_METRIC]:.4f}" if search \
+                else ", ".join(f"{k} {metrics['test'][k]:.4f}" for k, _ in TABLE_METRICS
+                               if k in metrics.get("test", {}))
+            progress.end(seconds, f"done in {_fmt_seconds(seconds)} (best epoch "
+                         f"{metrics['best_epoch']}): {shown}")
+        except Exception as e:  # one failing model must not stop the others
+            error = f"{type(e).__name__}: {e}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            record.update(status="failed", error=error)
+            progress.end(0.0, f"FAILED: {error} (traceback in {run_dir / 'error.txt'})")
+        return record
+
+    def _final_from_search(self, model: str, variant: str, seed: int) -> dict[str, Any]:
+        run_dir = self._run_dir(variant, seed)
+        record = self._base_record(model, variant, seed)
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            if "test" not in metrics:
+                metrics = self._add_test_metrics(run_dir, metrics)
+            record.update(self._from_metrics(metrics), from_search=True)
+        except Exception as e:
+            record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        return record
+
+    def _add_test_metrics(self, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Test metrics for a run trained without them (a search run, chosen on valid)."""
+        from esmm.api import evaluate
+        from esmm.artifacts import write_json
+
+        metrics = {**metrics, "test": evaluate(run_dir, self.data_dir, "test",
+                                               self.config.train.eval_batch_size)}
+        write_json(run_dir / "metrics.json", metrics)
+        return metrics
+
+    def _check_same_config(self, run_dir: Path, cfg: RunConfig) -> None:
+        raw = json.loads((run_dir / "config.json").read_text())
+        raw.pop("esmm_version", None)
+        saved = RunConfig.from_dict(raw, where=str(run_dir / "config.json"))
+        # the progress display is not a setting of the run
+        if saved.replace(progress=cfg.train.progress) != cfg:
+            raise ConfigError(f"{run_dir}: trained with other settings than this comparison "
+                              f"({run_dir / 'config.json'}); use --force to train it again")
+
+    def _base_record(self, model: str, variant: str, seed: int) -> dict[str, Any]:
+        return {"model": model, "variant": variant, "seed": seed,
+                "run_dir": str(Path(RUNS_DIR) / run_name(variant, seed)), "status": "ok",
+                "error": None}
+
+    def _failed_record(self, model: str, variant: str, seed: int, error: str) -> dict[str, Any]:
+        return {**self._base_record(model, variant, seed), "status": "failed", "error": error,
+                "run_dir": None}
+
+    @staticmethod
+    def _from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {k: metrics.get(k) for k in ("best_epoch", "stopped_early", "train_seconds",
+                                            "valid", "test")}
+
+    # ---- results and report
+
+    def _results(self, seconds: float) -> dict[str, Any]:
+        from esmm import report
+
+        import torch
+
+        return {
+            "command": self.command,
+            "esmm_version": __version__,
+            "torch_version": torch.__version__,
+            "data": report.describe_data(self.data_dir),
+            "models": list(self.models),
+            "seeds": list(self.seeds),
+            "config": self.config.to_dict(),
+            "search_metric": f"valid {SEARCH_METRIC}",
+            "search": self.search,
+            "runs": self.runs,
+            "summary": report.summarise(self.runs),
+            "seconds": seconds,
+        }
+
+    def _write(self, results: dict[str, Any]) -> None:
+        from esmm import report
+        from esmm.artifacts import write_json
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.out_dir / RESULTS_FILE, results)
+        predictions = self._first_seed_predictions() if self.plots else None
+        report.write_report(self.out_dir, results, predictions, notes=self.notes,
+                            stream=self.stream)
+
+    def _first_seed_predictions(self) -> Predictions:
+        """Test predictions of every model's first-seed run (what the plots draw)."""
+        from esmm.artifacts import load_run
+        from esmm.data import load_split
+        from esmm.training import predict_split
+
+        test = load_split(self.data_dir, "test")
+        preds: dict[str, dict[str, np.ndarray]] = {}
+        for rec in self.runs:
+            if rec["seed"] != self.search_seed or rec["status"] != "ok":
+                continue
+            try:
+                run = load_run(self.out_dir / rec["run_dir"])
+                preds[rec["model"]] = predict_split(run.model, run.spec, test,
+                                                    self.config.train.eval_batch_size)
+            except Exception as e:  # a plot is not worth losing the report for
+                if self.stream is not None:
+                    print(f"    no plot for {rec['model']}: {type(e).__name__}: {e}",
+                          file=self.stream)
+        labels = {"click": test.click, "conversion": test.conversion * test.click,
+                  "true_ctr": test.true_ctr, "true_cvr": test.true_cvr}
+        return {"labels": labels, "models": preds, "seed": self.search_seed}
+
+
+
+def compare(data_dir: str | Path, out_dir: str | Path, *,
+            models: tuple[str, ...] = PAPER_MODELS, seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+            config: RunConfig | None = None, resume: bool = False, force: bool = False,
+            command: str | None = None, notes: str | None = None, plots: bool = True,
+            stream: TextIO | None | str = "stderr") -> dict[str, Any]:
+    """Train and evaluate every model with every seed; write REPORT (see module docstring).
+
+    Progress lines go to ``stream`` (``"stderr"``: the current ``sys.stderr``; None: silent).
+    Returns the contents of ``results.json``.
+    """
+    if stream == "stderr":
+        stream = sys.stderr
+    return Comparison(Path(data_dir), Path(out_dir), tuple(models), tuple(seeds),
+                      config or RunConfig(), resume=resume, force=force, command=command,
+                      notes=notes, plots=plots, stream=stream).run()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+#: Training options passed through to every run: (flag, RunConfig.replace keyword, type).
+_TRAIN_OPTIONS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("--epochs", "epochs", int), ("--batch-size", "batch_size", int), ("--lr", "lr", float),
+    ("--early-stop-metric", "early_stop_metric", str), ("--patience", "patience", int),
+    ("--threads", "threads", int),
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="the paper's comparison: every baseline x seeds, one report with plots",
+        description="Train every model with every seed (same settings), evaluate on test with "
+        "the paper's protocol, and write REPORT/report.md, REPORT/results.json and PNG plots. "
+        "AMAN's rate and OVERSAMPLING's copies are searched on the valid split first.")
+    p.add_argument("--data", required=True, help="dataset directory with train, valid, test")
+    p.add_argument("--models", type=_csv_list, default=list(PAPER_MODELS),
+                   help=f"comma-separated (default {','.join(PAPER_MODELS)}); 'aman' and "
+                   "'oversampling' are searched, e.g. 'aman-r20' is trained as is")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--out", required=True, help="report directory to write")
+    p.add_argument("--config", help="TOML file with [model_config] and [train] sections")
+    for flag, _, typ in _TRAIN_OPTIONS:
+        p.add_argument(flag, type=typ, help="as for esmm train")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no per-batch progress bars inside each run (the per-run lines stay)")
+    p.add_argument("--resume", action="store_true",
+                   help="read back runs whose metrics.json exists instead of training them")
+    p.add_argument("--force", action="store_true", help="train again runs that already finished")
+    p.add_argument("--notes", help="markdown file whose text becomes the report's discussion")
+    p.add_argument("--no-plots", action="store_true", help="write report.md and results.json only")
+    p.set_defaults(handler=_run_compare)
+
+
+def command_line(a: argparse.Namespace) -> str:
+    """The canonical command for a parsed namespace (recorded in the report)."""
+    parts = ["esmm", "compare", "--data", str(a.data), "--models", ",".join(a.models),
+             "--seeds", str(a.seeds), "--out", str(a.out)]
+    if a.config:
+        parts += ["--config", str(a.config)]
+    for flag, key, _ in _TRAIN_OPTIONS:
+        v = getattr(a, key)
+        if v is not None:
+            parts += [flag, str(v)]
+    for flag in ("no_progress", "no_plots"):
+        if getattr(a, flag):
+            parts.append("--" + flag.replace("_", "-"))
+    if a.notes:
+        parts += ["--notes", str(a.notes)]
+    return shlex.join(parts)
+
+
+def _run_compare(a: argparse.Namespace) -> int:
+    from esmm import report
+
+    if a.seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    base = RunConfig.from_toml(a.config) if a.config else RunConfig()
+    cfg = base.replace(**{key: getattr(a, key) for _, key, _ in _TRAIN_OPTIONS},
+                       progress=False if a.no_progress else None)
+    notes = Path(a.notes).read_text() if a.notes else None
+    results = compare(a.data, a.out, models=tuple(a.models), seeds=tuple(range(a.seeds)),
+                      config=cfg, resume=a.resume, force=a.force, command=command_line(a),
+                      notes=notes, plots=not a.no_plots)
+    print(report.format_text_table(results))
+    print(f"\nreport in {Path(a.out) / report.REPORT_FILE}")
+    failed = [r for r in results["runs"] if r["status"] != "ok"]
+    return 1 if failed else 0
