@@ -61,36 +61,33 @@ class DataError(ValueError):
 # locating files
 
 
-def split_files(data_dir: str | Path, split: str) -> list[Path]:
-    """The Parquet file(s) of one split: ``split.parquet`` or ``split/*.parquet``."""
-    data_dir = Path(data_dir)
-    single = data_dir / f"{split}.parquet"
-    folder = data_dir / split
+def _single_or_shards(single: Path, folder: Path, what: str, missing: str) -> list[Path]:
+    """``single`` if it is a file, else the ``*.parquet`` shards of ``folder`` in name order."""
     if single.is_file():
         return [single]
     if folder.is_dir():
         shards = sorted(folder.glob("*.parquet"))
         if shards:
             return shards
-        raise DataError(f"{folder}: split folder holds no .parquet shards")
-    raise DataError(f"{data_dir}: no split {split!r} (expected {single.name} or {folder.name}/)")
+        raise DataError(f"{folder}: {what} folder holds no .parquet shards")
+    raise DataError(missing)
+
+
+def split_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The Parquet file(s) of one split: ``split.parquet`` or ``split/*.parquet``."""
+    data_dir = Path(data_dir)
+    single, folder = data_dir / f"{split}.parquet", data_dir / split
+    return _single_or_shards(single, folder, "split", f"{data_dir}: no split {split!r} "
+                             f"(expected {single.name} or {folder.name}/)")
 
 
 def side_files(data_dir: str | Path, name: str) -> list[Path]:
     """The Parquet file(s) of side table ``name``: ``side/name.parquet`` or
     ``side/name/*.parquet`` (shards, read in name order)."""
     side = Path(data_dir) / SIDE_DIR
-    single = side / f"{name}.parquet"
-    folder = side / name
-    if single.is_file():
-        return [single]
-    if folder.is_dir():
-        shards = sorted(folder.glob("*.parquet"))
-        if shards:
-            return shards
-        raise DataError(f"{folder}: side table folder holds no .parquet shards")
-    raise DataError(f"{data_dir}: no side table {name!r} (expected {SIDE_DIR}/{single.name} or "
-                    f"{SIDE_DIR}/{name}/)")
+    single, folder = side / f"{name}.parquet", side / name
+    return _single_or_shards(single, folder, "side table", f"{data_dir}: no side table "
+                             f"{name!r} (expected {SIDE_DIR}/{single.name} or {SIDE_DIR}/{name}/)")
 
 
 def has_split(data_dir: str | Path, split: str) -> bool:
