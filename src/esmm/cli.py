@@ -22,6 +22,35 @@ def _csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+# Training options shared by train, demo and compare: (flag, RunConfig.replace keyword, type, help).
+TRAIN_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    ("--epochs", "epochs", int, "maximum epochs (default 4)"),
+    ("--batch-size", "batch_size", int, "rows per training step (default 2048)"),
+    ("--lr", "lr", float, "Adam learning rate (default 2e-3)"),
+    ("--early-stop-metric", "early_stop_metric", str,
+     "valid metric to early-stop on (default ctcvr_auc)"),
+    ("--patience", "patience", int, "epochs without improvement before stopping (default 1)"),
+    ("--threads", "threads", int, "torch threads (default: all cores)"),
+)
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """``--config`` and the TRAIN_OPTIONS flags; read back by :func:`resolve_run_config`."""
+    p.add_argument("--config", help="TOML file with [model_config] and [train] sections")
+    for flag, _, typ, text in TRAIN_OPTIONS:
+        p.add_argument(flag, type=typ, help=text)
+
+
+def resolve_run_config(a: argparse.Namespace) -> Any:
+    """The TOML config (or defaults) with every flag the user gave laid over it."""
+    from esmm.config import RunConfig
+
+    base = RunConfig.from_toml(a.config) if a.config else RunConfig()
+    return base.replace(model=getattr(a, "model", None), seed=getattr(a, "seed", None),
+                        progress=False if a.no_progress else None,
+                        **{key: getattr(a, key) for _, key, _, _ in TRAIN_OPTIONS})
+
+
 # --------------------------------------------------------------------------- synth
 
 
@@ -67,34 +96,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="esmm, esmm-ns, base, ... (default: from --config, else esmm)")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--config", help="TOML file with [model_config] and [train] sections")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--early-stop-metric", help="valid metric to early-stop on (default ctcvr_auc)")
-    p.add_argument("--patience", type=int)
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    add_training_options(p)
+    p.add_argument("--seed", type=int, help="initialisation and batch-order seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty run directory")
     p.set_defaults(handler=_run_train)
-
-
-def _resolve_config(a: argparse.Namespace) -> Any:
-    from esmm.config import RunConfig
-
-    base = RunConfig.from_toml(a.config) if getattr(a, "config", None) else RunConfig()
-    return base.replace(model=getattr(a, "model", None), epochs=a.epochs, batch_size=a.batch_size,
-                        lr=a.lr, seed=a.seed, early_stop_metric=a.early_stop_metric,
-                        patience=a.patience, threads=a.threads,
-                        progress=False if a.no_progress else None)
 
 
 def _run_train(a: argparse.Namespace) -> int:
     from esmm.api import train
     from esmm.metrics import format_metrics_table
 
-    cfg = _resolve_config(a)
+    cfg = resolve_run_config(a)
     metrics = train(a.data, a.out, cfg, force=a.force)
     cols = {f"{cfg.model} valid (epoch {metrics['best_epoch']})": metrics["valid"] or {}}
     if "test" in metrics:
@@ -201,15 +214,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    "(default 1,000,000)")
     p.add_argument("--seeds", type=int, default=1, help="repeat over seeds 0..N-1 (mean ± std)")
     p.add_argument("--models", type=_csv_list, default=["base", "esmm"])
-    p.add_argument("--config", help="TOML file with [model_config] and [train] sections")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--threads", type=int)
+    add_training_options(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true",
                    help="retrain runs finished earlier (default: reuse them)")
-    p.set_defaults(handler=_run_demo, seed=None, early_stop_metric=None, patience=None)
+    p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(a: argparse.Namespace) -> int:
@@ -218,7 +227,7 @@ def _run_demo(a: argparse.Namespace) -> int:
 
     world = WorldConfig(rows=a.rows) if a.rows else WorldConfig()
     results = run_demo(a.out, models=tuple(a.models), seeds=tuple(range(a.seeds)), world=world,
-                       config=_resolve_config(a), force=a.force)
+                       config=resolve_run_config(a), force=a.force)
     print(format_demo_table(results))
     print(f"\nruns and demo_results.json in {a.out}")
     return 0

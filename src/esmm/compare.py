@@ -39,6 +39,7 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from esmm import __version__
+from esmm.cli import TRAIN_OPTIONS, add_training_options, resolve_run_config
 from esmm.config import ConfigError, RunConfig
 from esmm.registry import AMAN_RATES_PERCENT, MODELS, OVERSAMPLING_COPIES
 from esmm.report import TABLE_METRICS
@@ -394,14 +395,6 @@ def _csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-#: Training options passed through to every run: (flag, RunConfig.replace keyword, type).
-_TRAIN_OPTIONS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
-    ("--epochs", "epochs", int), ("--batch-size", "batch_size", int), ("--lr", "lr", float),
-    ("--early-stop-metric", "early_stop_metric", str), ("--patience", "patience", int),
-    ("--threads", "threads", int),
-)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="the paper's comparison: every baseline x seeds, one report with plots",
@@ -414,9 +407,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "'oversampling' are searched, e.g. 'aman-r20' is trained as is")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     p.add_argument("--out", required=True, help="report directory to write")
-    p.add_argument("--config", help="TOML file with [model_config] and [train] sections")
-    for flag, _, typ in _TRAIN_OPTIONS:
-        p.add_argument(flag, type=typ, help="as for esmm train")
+    add_training_options(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no per-batch progress bars inside each run (the per-run lines stay)")
     p.add_argument("--resume", action="store_true",
@@ -433,7 +424,7 @@ def command_line(a: argparse.Namespace) -> str:
              "--seeds", str(a.seeds), "--out", str(a.out)]
     if a.config:
         parts += ["--config", str(a.config)]
-    for flag, key, _ in _TRAIN_OPTIONS:
+    for flag, key, _, _ in TRAIN_OPTIONS:
         v = getattr(a, key)
         if v is not None:
             parts += [flag, str(v)]
@@ -450,9 +441,7 @@ def _run_compare(a: argparse.Namespace) -> int:
 
     if a.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
-    base = RunConfig.from_toml(a.config) if a.config else RunConfig()
-    cfg = base.replace(**{key: getattr(a, key) for _, key, _ in _TRAIN_OPTIONS},
-                       progress=False if a.no_progress else None)
+    cfg = resolve_run_config(a)
     notes = Path(a.notes).read_text() if a.notes else None
     results = compare(a.data, a.out, models=tuple(a.models), seeds=tuple(range(a.seeds)),
                       config=cfg, resume=a.resume, force=a.force, command=command_line(a),
