@@ -17,40 +17,12 @@ from esmm.importer import ImportSpec, import_logs
 from esmm.predict import PredictError, Predictor, predict_file
 from esmm.vocab import EncodingError
 
-HEADER = ["id", "user", "item", "city", "tags", "price", "clicked", "purchase"]
-CITIES = ["paris", "berlin", "007", "oslo"]
-TAGS = ["shoes", "bags", "hats", "a", "b"]
+from rawlogs import HEADER, make_rows, write_csv
+
 SPEC = ImportSpec(categorical=("user", "item", "city"), multi_categorical=("tags",),
                   dense=("price",), click="clicked", conversion="purchase", group="user")
 CONFIG = RunConfig(model="esmm", model_config=ModelConfig(embedding_dim=4, tower=(8,))
                    ).replace(epochs=1, batch_size=256, progress=False)
-
-
-def make_rows(n: int, seed: int, prefix: str) -> list[list[str]]:
-    """Raw CSV cells: string users, int items, cities, weighted/plain/empty bags, a price,
-    and labels that depend on the features."""
-    rng = np.random.default_rng(seed)
-    user = rng.integers(0, 60, n)
-    item = rng.zipf(1.5, n) % 200 + 1
-    city = rng.integers(0, len(CITIES), n)
-    price = np.round(rng.lognormal(3, 0.5, n), 2)
-    logit = -0.8 + 1.0 * (item % 3 == 0) + 0.6 * (user % 2) - 0.4 * (city == 1)
-    click = rng.random(n) < 1 / (1 + np.exp(-logit))
-    purchase = click & (rng.random(n) < 1 / (1 + np.exp(1.0 - (item % 5 == 0))))
-    n_tags = rng.integers(0, 4, n)
-    weighted = rng.random(n) < 0.5
-    rows = []
-    for i in range(n):
-        toks = rng.choice(TAGS, n_tags[i], replace=False)
-        bag = "|".join(f"{t}:{rng.integers(1, 4) / 2}" if weighted[i] else str(t) for t in toks)
-        rows.append([f"{prefix}{i}", f"u{user[i]}", str(item[i]), CITIES[city[i]], bag,
-                     f"{price[i]:.2f}", str(int(click[i])), str(int(purchase[i]))])
-    return rows
-
-
-def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
-    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
