@@ -69,8 +69,10 @@ def test_compare_reports_a_failing_model_goes_on_and_resume_skips_finished_runs(
             "--out", str(out), "--config", str(toml)]
     assert main(argv) == 1  # a run failed: the report is written, the status says so
     err = capsys.readouterr().err
-    assert "[1/6] model=base seed=0 ... elapsed" in err and "ETA" in err
-    assert "[6/6] model=esmm seed=1" in err
+    # each seed first trains the CTR network alone that BASE's pCTCVR takes its pCTR from
+    assert "[1/8] model=ctr seed=0 ... elapsed" in err and "ETA" in err
+    assert "[2/8] model=base seed=0 ... elapsed" in err
+    assert "[8/8] model=esmm seed=1" in err
     assert "FAILED: RuntimeError: deliberately broken objective" in err
 
     results = json.loads((out / "results.json").read_text())
@@ -125,7 +127,8 @@ def test_search_chooses_on_valid_and_reuses_the_chosen_run_for_the_first_seed(
     search = res["search"]["aman"]
     scores = {v: c["valid_cvr_auc"] for v, c in search["candidates"].items()}
     assert search["chosen"] == max(scores, key=scores.get)
-    assert calls == ["aman-r10", "aman-r100", search["chosen"]]  # seed 0 is the search run
+    # seed 0 is the search run; each seed's reference CTR network comes first
+    assert calls == ["ctr", "aman-r10", "aman-r100", "ctr", search["chosen"]]
     chosen, other = search["chosen"], ({"aman-r10", "aman-r100"} - {search["chosen"]}).pop()
     runs = tmp_path / "r" / "runs"
     # the test split is looked at only for the chosen candidate, after the choice
@@ -133,6 +136,47 @@ def test_search_chooses_on_valid_and_reuses_the_chosen_run_for_the_first_seed(
     assert "test" not in json.loads((runs / f"{other}-seed0" / "metrics.json").read_text())
     assert [(r["variant"], r["seed"]) for r in res["runs"]] == [(chosen, 0), (chosen, 1)]
     assert res["summary"]["aman"]["n_ok"] == 2
+
+
+def test_non_esmm_models_take_pctr_from_one_independent_ctr_network(
+        tiny_world, tiny_config, tmp_path) -> None:
+    """The paper's protocol: pCTCVR = pCTR(reference CTR network) x pCVR(model) for BASE & co."""
+    from esmm.artifacts import load_run
+    from esmm.data import load_split
+    from esmm.metrics import evaluate_predictions
+    from esmm.training import predict_split
+
+    res = compare(tiny_world, tmp_path / "r", models=("base", "unbias", "esmm"), seeds=(0,),
+                  config=tiny_config.replace(epochs=2), plots=False, stream=None)
+    runs = tmp_path / "r" / "runs"
+    ref = res["reference_ctr"]["0"]
+    assert ref["status"] == "ok" and ref["run_dir"] == "runs/ctr-seed0"
+    assert set(ref["test"]) >= {"ctr_auc", "ctr_logloss"} and "cvr_auc" not in ref["test"]
+    assert json.loads((runs / "ctr-seed0" / "config.json").read_text())["train"][
+        "early_stop_metric"] == "ctr_auc"
+    by = {r["model"]: r for r in res["runs"]}
+    for model in ("base", "unbias"):
+        assert by[model]["test"]["ctr_auc"] == ref["test"]["ctr_auc"]  # the same pCTR
+        assert by[model]["pctr_from"] == "runs/ctr-seed0"
+        saved = json.loads((runs / f"{model}-seed0" / "metrics.json").read_text())
+        assert saved["test"] == by[model]["test"] and "test_own_ctr" not in saved
+        assert json.loads((runs / f"{model}-seed0" / "config.json").read_text())["train"][
+            "early_stop_metric"] == "cvr_auc"
+    assert by["esmm"]["pctr_from"] is None  # ESMM keeps its own pCTR
+    assert json.loads((runs / "esmm-seed0" / "config.json").read_text())["train"][
+        "early_stop_metric"] == tiny_config.train.early_stop_metric
+
+    # recomputed independently: reference pCTR x BASE's own pCVR
+    test = load_split(tiny_world, "test")
+    p_ref = predict_split(load_run(runs / "ctr-seed0").model, load_run(runs / "ctr-seed0").spec,
+                          test)
+    assert set(p_ref) == {"p_ctr"}
+    base = load_run(runs / "base-seed0")
+    p_base = predict_split(base.model, base.spec, test)
+    want = evaluate_predictions(p_ref["p_ctr"], p_base["p_cvr"], test.click, test.conversion,
+                                group=test.group, true_ctr=test.true_ctr, true_cvr=test.true_cvr)
+    assert by["base"]["test"]["ctcvr_auc"] == pytest.approx(want["ctcvr_auc"], abs=1e-12)
+    assert by["base"]["test"]["cvr_auc"] == pytest.approx(want["cvr_auc"], abs=1e-12)
 
 
 def test_compare_refuses_unknown_models_and_missing_splits(tiny_world, tmp_path) -> None:

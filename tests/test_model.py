@@ -27,7 +27,11 @@ def test_every_model_returns_named_logits_and_product_probabilities(tiny_world, 
     assert isinstance(out, dict) and "ctr" in out  # named logits, never a positional tensor
     assert all(v.shape == (64,) for v in out.values())
     p = spec.probabilities(out)
-    torch.testing.assert_close(p["p_ctcvr"], p["p_ctr"] * p["p_cvr"])
+    assert tuple(p) == spec.outputs
+    if "p_ctcvr" in p:
+        torch.testing.assert_close(p["p_ctcvr"], p["p_ctr"] * p["p_cvr"])
+    else:  # the CTR network alone
+        assert spec.outputs == ("p_ctr",) and set(out) == {"ctr"}
 
 
 def test_esmm_cvr_tower_learns_only_through_the_ctcvr_term(tiny_world) -> None:

@@ -17,6 +17,15 @@ candidate's first-seed run is then evaluated on test and reused as that seed's
 result, and the other seeds train the chosen candidate. Test metrics take no
 part in any choice.
 
+The paper's protocol for the models other than ESMM and ESMM-NS (specs with
+``reference_ctr``): for every seed one CTR network alone (model ``ctr``, run
+``ctr-seedS``, early-stopped on valid ``ctr_auc``) is trained, and every such
+model's test pCTCVR is that network's pCTR times the model's own pCVR, so
+their CTCVR AUCs differ only through pCVR. These models early-stop on valid
+``cvr_auc``: their CVR network is what they contribute, and a joint metric
+would also cut their own CTR network short. Their metrics with their own CTR
+network are kept as ``test_own_ctr``.
+
 A run that raises is recorded with its error and the comparison goes on; with
 ``resume`` a run whose ``metrics.json`` exists is read back instead of trained,
 so an interrupted comparison continues where it stopped, and re-running it only
@@ -53,6 +62,9 @@ SEARCH_SPACES: dict[str, tuple[str, ...]] = {
     "oversampling": tuple(f"oversampling-k{k}" for k in OVERSAMPLING_COPIES),
 }
 SEARCH_METRIC = "cvr_auc"  # on the valid split; higher is better
+REFERENCE_CTR_MODEL = "ctr"
+REFERENCE_EARLY_STOP = "ctr_auc"  # the reference CTR network's valid metric
+CVR_MODEL_EARLY_STOP = "cvr_auc"  # models with reference_ctr: their CVR network's valid metric
 
 #: Test predictions of the first seed for the plots:
 #: ``{"labels": {click, conversion, true_ctr, true_cvr}, "models": {model: {p_ctr, p_cvr, p_ctcvr}}}``
@@ -134,6 +146,9 @@ class Comparison:
     # filled in by run()
     runs: list[dict[str, Any]] = field(default_factory=list)
     search: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _test_split: Any = None
+    _reference_p_ctr: dict[int, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir, self.out_dir = Path(self.data_dir), Path(self.out_dir)
@@ -156,9 +171,26 @@ class Comparison:
     def search_seed(self) -> int:
         return self.seeds[0]
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether some model listed takes its pCTR from the reference CTR network."""
+        variants = [v for m in self.models for v in SEARCH_SPACES.get(m, (m,))]
+        return any(MODELS[v].reference_ctr for v in variants)
+
     def n_jobs(self) -> int:
-        return sum(len(SEARCH_SPACES[m]) + len(self.seeds) - 1 if m in SEARCH_SPACES
-                   else len(self.seeds) for m in self.models)
+        n = sum(len(SEARCH_SPACES[m]) + len(self.seeds) - 1 if m in SEARCH_SPACES
+                else len(self.seeds) for m in self.models)
+        return n + (len(self.seeds) if self.needs_reference else 0)
+
+    def run_config(self, variant: str, seed: int) -> RunConfig:
+        """The comparison's settings for one run (the protocol's early-stopping metric)."""
+        if variant == REFERENCE_CTR_MODEL:
+            return self.config.replace(model=variant, seed=seed,
+                                       early_stop_metric=REFERENCE_EARLY_STOP)
+        if MODELS[variant].reference_ctr:
+            return self.config.replace(model=variant, seed=seed,
+                                       early_stop_metric=CVR_MODEL_EARLY_STOP)
+        return self.config.replace(model=variant, seed=seed)
 
     def _check_out_dir(self) -> None:
         runs = self.out_dir / RUNS_DIR
@@ -185,6 +217,8 @@ class Comparison:
         # Seed-major order: after the first pass every model has one result, which is
         # what the report's plots need, and an interrupted comparison is balanced.
         for i, seed in enumerate(self.seeds):
+            if self.needs_reference:
+                self.reference[seed] = self._run_reference(seed, progress)
             for model in self.models:
                 if i == 0 and model in SEARCH_SPACES:
                     chosen[model] = self._search(model, progress)
@@ -230,6 +264,61 @@ class Comparison:
                 file=self.stream, flush=True)
         return best
 
+    def _run_reference(self, seed: int, progress: Progress) -> dict[str, Any]:
+        """Train (or resume) the seed's CTR network alone; its record without the model key."""
+        rec = self._run_one(REFERENCE_CTR_MODEL, REFERENCE_CTR_MODEL, seed, progress,
+                            search=False)
+        return {k: rec.get(k) for k in ("run_dir", "status", "error", "best_epoch",
+                                        "train_seconds", "valid", "test")}
+
+    def _test(self) -> Any:
+        from esmm.data import load_split
+
+        if self._test_split is None:
+            self._test_split = load_split(self.data_dir, "test")
+        return self._test_split
+
+    def _predict_test(self, run_dir: Path, seed: int) -> dict[str, np.ndarray]:
+        """A run's test scores; with ``reference_ctr``, pCTR (and pCTCVR) from the reference."""
+        from esmm.artifacts import load_run
+        from esmm.training import predict_split
+
+        run = load_run(run_dir)
+        p = predict_split(run.model, run.spec, self._test(), self.config.train.eval_batch_size)
+        if run.spec.reference_ctr:
+            ref = self._reference_p_ctr.get(seed)
+            if ref is None:
+                info = self.reference.get(seed) or {}
+                if info.get("status") != "ok":
+                    raise RuntimeError(f"the reference CTR network of seed {seed} failed: "
+                                       f"{info.get('error')}")
+                ref = self._reference_p_ctr[seed] = self._predict_test(
+                    self.out_dir / info["run_dir"], seed)["p_ctr"]
+            p = {**p, "p_ctr": ref, "p_ctcvr": ref * p["p_cvr"]}
+        return p
+
+    def _test_metrics(self, run_dir: Path, variant: str, seed: int,
+                      metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` with test metrics under the protocol, written back to metrics.json."""
+        from esmm.artifacts import write_json
+        from esmm.metrics import evaluate_predictions
+
+        test = self._test()
+        p = self._predict_test(run_dir, seed)
+        out = {**metrics, "test": evaluate_predictions(
+            p["p_ctr"], p.get("p_cvr"), test.click, test.conversion, group=test.group,
+            true_ctr=test.true_ctr, true_cvr=test.true_cvr)}
+        if MODELS[variant].reference_ctr:
+            if "test" in metrics and metrics.get("pctr_from") is None:
+                out["test_own_ctr"] = metrics["test"]
+            out["pctr_from"] = str(Path(RUNS_DIR) / run_name(REFERENCE_CTR_MODEL, seed))
+        write_json(run_dir / "metrics.json", out)
+        return out
+
+    def _has_test_metrics(self, variant: str, metrics: dict[str, Any]) -> bool:
+        return "test" in metrics and (not MODELS[variant].reference_ctr
+                                      or metrics.get("pctr_from") is not None)
+
     def _run_dir(self, variant: str, seed: int) -> Path:
         return self.out_dir / RUNS_DIR / run_name(variant, seed)
 
@@ -240,24 +329,27 @@ class Comparison:
         run_dir = self._run_dir(variant, seed)
         label = f"model={variant} seed={seed}" + (f" (search for {model})" if search else "")
         progress.begin(label)
-        cfg = self.config.replace(model=variant, seed=seed)
+        cfg = self.run_config(variant, seed)
         record = self._base_record(model, variant, seed)
         metrics_file = run_dir / "metrics.json"
         try:
             if self.resume and metrics_file.is_file():
                 self._check_same_config(run_dir, cfg)
                 metrics = json.loads(metrics_file.read_text())
-                if not search and "test" not in metrics:
-                    metrics = self._add_test_metrics(run_dir, metrics)
+                if not search and not self._has_test_metrics(variant, metrics):
+                    metrics = self._test_metrics(run_dir, variant, seed, metrics)
                 record.update(self._from_metrics(metrics), resumed=True)
                 progress.end(None, f"resumed from {run_dir}")
                 return record
             start = time.perf_counter()
-            metrics = train(self.data_dir, run_dir, cfg, force=True, evaluate_test=not search)
+            metrics = train(self.data_dir, run_dir, cfg, force=True, evaluate_test=False)
+            if not search:
+                metrics = self._test_metrics(run_dir, variant, seed, metrics)
             seconds = time.perf_counter() - start
             record.update(self._from_metrics(metrics))
             shown = f"valid {SEARCH_METRIC} {metrics['valid'][SEARCH_METRIC]:.4f}" if search \
-                else ", ".join(f"{k} {metrics['test'][k]:.4f}" for k, _ in TABLE_METRICS
+                else ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in
+                               [*(k for k, _ in TABLE_METRICS), "ctr_auc"]
                                if k in metrics.get("test", {}))
             progress.end(seconds, f"done in {_fmt_seconds(seconds)} (best epoch "
                          f"{metrics['best_epoch']}): {shown}")
@@ -274,22 +366,12 @@ class Comparison:
         record = self._base_record(model, variant, seed)
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            if "test" not in metrics:
-                metrics = self._add_test_metrics(run_dir, metrics)
+            if not self._has_test_metrics(variant, metrics):
+                metrics = self._test_metrics(run_dir, variant, seed, metrics)
             record.update(self._from_metrics(metrics), from_search=True)
         except Exception as e:
             record.update(status="failed", error=f"{type(e).__name__}: {e}")
         return record
-
-    def _add_test_metrics(self, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Test metrics for a run trained without them (a search run, chosen on valid)."""
-        from esmm.api import evaluate
-        from esmm.artifacts import write_json
-
-        metrics = {**metrics, "test": evaluate(run_dir, self.data_dir, "test",
-                                               self.config.train.eval_batch_size)}
-        write_json(run_dir / "metrics.json", metrics)
-        return metrics
 
     def _check_same_config(self, run_dir: Path, cfg: RunConfig) -> None:
         raw = json.loads((run_dir / "config.json").read_text())
@@ -312,7 +394,7 @@ class Comparison:
     @staticmethod
     def _from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         return {k: metrics.get(k) for k in ("best_epoch", "stopped_early", "train_seconds",
-                                            "valid", "test")}
+                                            "valid", "test", "pctr_from")}
 
     # ---- results and report
 
@@ -331,6 +413,7 @@ class Comparison:
             "config": self.config.to_dict(),
             "search_metric": f"valid {SEARCH_METRIC}",
             "search": self.search,
+            "reference_ctr": {str(k): v for k, v in self.reference.items()},
             "runs": self.runs,
             "summary": report.summarise(self.runs),
             "seconds": seconds,
@@ -348,19 +431,14 @@ class Comparison:
 
     def _first_seed_predictions(self) -> Predictions:
         """Test predictions of every model's first-seed run (what the plots draw)."""
-        from esmm.artifacts import load_run
-        from esmm.data import load_split
-        from esmm.training import predict_split
-
-        test = load_split(self.data_dir, "test")
+        test = self._test()
         preds: dict[str, dict[str, np.ndarray]] = {}
         for rec in self.runs:
             if rec["seed"] != self.search_seed or rec["status"] != "ok":
                 continue
             try:
-                run = load_run(self.out_dir / rec["run_dir"])
-                preds[rec["model"]] = predict_split(run.model, run.spec, test,
-                                                    self.config.train.eval_batch_size)
+                preds[rec["model"]] = self._predict_test(self.out_dir / rec["run_dir"],
+                                                         rec["seed"])
             except Exception as e:  # a plot is not worth losing the report for
                 if self.stream is not None:
                     print(f"    no plot for {rec['model']}: {type(e).__name__}: {e}",

@@ -78,3 +78,12 @@ class ClickedOnlyLoss:
         n_clicked = batch.click.sum()
         cvr = (per_row * batch.click).sum() / n_clicked.clamp_min(1.0)
         return ctr + cvr, {"ctr": float(ctr.detach()), "cvr": float(cvr.detach())}
+
+
+@dataclass(frozen=True)
+class ClickLoss:
+    """A CTR network alone: BCE(pCTR, click) over all impressions."""
+
+    def __call__(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        ctr = F.binary_cross_entropy_with_logits(outputs["ctr"], batch.click)
+        return ctr, {"ctr": float(ctr.detach())}

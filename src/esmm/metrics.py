@@ -439,7 +439,7 @@ def higher_is_better(name: str) -> bool:
 # --------------------------------------------------------------------------- #
 def evaluate_predictions(
     p_ctr: ArrayLike,
-    p_cvr: ArrayLike,
+    p_cvr: ArrayLike | None,
     click: ArrayLike,
     conversion: ArrayLike,
     *,
@@ -459,10 +459,14 @@ def evaluate_predictions(
       which is the quantity ESMM claims to improve; ``oracle_*`` metrics give
       the ceiling reachable by a perfect model on the same labels.
 
+    * ``p_cvr=None`` (a CTR network alone) gives the CTR metrics only.
+
     Returns a flat ``{name: float}`` dict (counts included as floats) so that
     results can be logged, averaged over seeds and tabulated uniformly.
     """
     pc = _probability(p_ctr, "p_ctr")
+    if p_cvr is None:
+        return _ctr_metrics(pc, click, conversion, group, true_ctr)
     pv = _probability(p_cvr, "p_cvr")
     clk = _binary(click, "click")
     cv = _binary(conversion, "conversion")
@@ -504,6 +508,27 @@ def evaluate_predictions(
     out["n_impressions"] = float(clk.size)
     out["n_clicks"] = float(clk.sum())
     out["n_conversions"] = float(conv.sum())
+    return out
+
+
+def _ctr_metrics(pc: np.ndarray, click: ArrayLike, conversion: ArrayLike,
+                 group: ArrayLike | None, true_ctr: ArrayLike | None) -> dict[str, float]:
+    clk = _binary(click, "click")
+    cv = _binary(conversion, "conversion")
+    grp = None if group is None else np.asarray(group)
+    tc = None if true_ctr is None else _probability(true_ctr, "true_ctr")
+    _same_length(p_ctr=pc, click=clk, conversion=cv, group=grp, true_ctr=tc)
+    out = {"ctr_auc": auc(clk, pc), "ctr_logloss": log_loss(clk, pc),
+           "calibration_ctr": calibration(clk, pc)}
+    if grp is not None:
+        out["ctr_gauc"] = gauc(clk, pc, grp)
+    if tc is not None:
+        out["ctr_auc_entire_truth"] = soft_auc(tc, pc)
+        out["oracle_ctr_auc_entire_truth"] = soft_auc(tc, tc)
+        out["oracle_ctr_auc"] = auc(clk, tc)
+    out["n_impressions"] = float(clk.size)
+    out["n_clicks"] = float(clk.sum())
+    out["n_conversions"] = float((cv * clk).sum())
     return out
 
 

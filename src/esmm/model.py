@@ -200,6 +200,26 @@ class SeparateTowers(nn.Module):
                 "cvr": self.cvr_tower(self.cvr_embedding(batch))}
 
 
+class ClickNetwork(nn.Module):
+    """A CTR network alone: its own embedding tables and one tower. Output ``{"ctr": [B]}``.
+
+    The paper's protocol pairs every non-ESMM CVR model with one independently
+    trained CTR network of ESMM's CTR structure, so that their CTCVR AUCs
+    (pCTR x pCVR) differ only through pCVR; ``esmm compare`` trains this one.
+    """
+
+    def __init__(self, schema: Schema, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ctr_embedding = FeatureEmbedding(schema, cfg)
+        self.ctr_tower = Tower(self.ctr_embedding.out_dim, cfg.tower, cfg.dropout)
+
+    def fit_inputs(self, split: EncodedSplit) -> None:
+        self.ctr_embedding.fit_dense(split)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"ctr": self.ctr_tower(self.ctr_embedding(batch))}
+
+
 def row_sparse_tables(model: nn.Module) -> list[EmbeddingTable]:
     return [m for m in model.modules() if isinstance(m, EmbeddingTable) and m.row_sparse]
 

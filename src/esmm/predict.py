@@ -34,7 +34,6 @@ from esmm.schema import Schema
 from esmm.training import configure_threads, predict_split
 from esmm.vocab import Vocabulary, encode_raw, vocabularies_from_json
 
-SCORE_COLUMNS = ("p_ctr", "p_cvr", "p_ctcvr")
 ROW_ID = "row_id"
 
 
@@ -160,7 +159,8 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     except (pa.ArrowInvalid, OSError) as e:
         raise PredictError(f"{input_path}: cannot read ({e})") from None
     id_field = in_schema.field(id_col).with_name(id_col) if id_col else pa.field(ROW_ID, pa.int64())
-    out_schema = pa.schema([id_field] + [pa.field(k, pa.float32()) for k in SCORE_COLUMNS])
+    score_columns = predictor.run.spec.outputs
+    out_schema = pa.schema([id_field] + [pa.field(k, pa.float32()) for k in score_columns])
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(f".{output_path.name}.partial")
@@ -172,7 +172,7 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
                 probs, unk = predictor._score(chunk, str(input_path), rows)
                 ids = (chunk.column(id_col) if id_col
                        else pa.array(np.arange(rows, rows + chunk.num_rows, dtype=np.int64)))
-                writer.write_table(pa.table([ids] + [probs[k] for k in SCORE_COLUMNS],
+                writer.write_table(pa.table([ids] + [probs[k] for k in score_columns],
                                             schema=out_schema))
                 for name, k in unk.items():
                     unknown[name] += k

@@ -15,8 +15,11 @@ from torch import nn
 from esmm.baselines import (DivisionLoss, DivisionTowers, InversePropensityLoss,
                             NegativeSamplingLoss, OversampledClickedLoss, division_probabilities)
 from esmm.config import ConfigError, ModelConfig
-from esmm.losses import ClickedOnlyLoss, EntireSpaceLoss, Objective, Outputs
-from esmm.model import SeparateTowers, SharedTowers
+from esmm.losses import ClickedOnlyLoss, ClickLoss, EntireSpaceLoss, Objective, Outputs
+from esmm.model import ClickNetwork, SeparateTowers, SharedTowers
+
+#: What a model scores, in column order.
+SCORE_COLUMNS = ("p_ctr", "p_cvr", "p_ctcvr")
 from esmm.schema import Schema
 
 
@@ -27,14 +30,30 @@ def product_probabilities(outputs: Outputs) -> dict[str, torch.Tensor]:
     return {"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr}
 
 
+def click_probabilities(outputs: Outputs) -> dict[str, torch.Tensor]:
+    """pCTR alone (the CTR network of the paper's protocol has no pCVR)."""
+    return {"p_ctr": torch.sigmoid(outputs["ctr"])}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """A named model.
+
+    ``reference_ctr``: in ``esmm compare``, this model's pCTCVR is taken as the
+    pCTR of one independently trained CTR network (model ``ctr``, same seed)
+    times its own pCVR, and it early-stops on valid ``cvr_auc`` -- the paper's
+    protocol for non-ESMM models, which keeps their CTCVR AUCs comparable.
+    ESMM and ESMM-NS learn pCTR as part of their own loss and keep it.
+    """
+
     name: str
     description: str
     build: Callable[[Schema, ModelConfig], nn.Module]
     objective: Objective
     probabilities: Callable[[Outputs], dict[str, torch.Tensor]] = field(
         default=product_probabilities)
+    outputs: tuple[str, ...] = SCORE_COLUMNS
+    reference_ctr: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -45,7 +64,11 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("esmm-ns", "ESMM without sharing: each tower has its own embedding tables",
                   SeparateTowers, EntireSpaceLoss()),
         ModelSpec("base", "BASE: CVR network trained on clicked impressions only, plus its own "
-                  "CTR network for pCTCVR", SeparateTowers, ClickedOnlyLoss()),
+                  "CTR network for pCTCVR", SeparateTowers, ClickedOnlyLoss(),
+                  reference_ctr=True),
+        ModelSpec("ctr", "a CTR network alone (own embeddings, one tower, BCE on clicks): the "
+                  "independent pCTR that esmm compare pairs non-ESMM models with",
+                  ClickNetwork, ClickLoss(), click_probabilities, outputs=("p_ctr",)),
     )
 }
 
@@ -67,13 +90,13 @@ def make_aman_spec(rate_percent: int, name: str | None = None) -> ModelSpec:
     return ModelSpec(name or f"aman-r{rate_percent}",
                      f"AMAN: BASE plus unclicked impressions as CVR negatives, sampled at "
                      f"{rate_percent}%", SeparateTowers,
-                     NegativeSamplingLoss(rate_percent / 100.0))
+                     NegativeSamplingLoss(rate_percent / 100.0), reference_ctr=True)
 
 
 def make_oversampling_spec(copies: int, name: str | None = None) -> ModelSpec:
     return ModelSpec(name or f"oversampling-k{copies}",
                      f"OVERSAMPLING: BASE with each converted click counted {copies} times",
-                     SeparateTowers, OversampledClickedLoss(copies))
+                     SeparateTowers, OversampledClickedLoss(copies), reference_ctr=True)
 
 
 MODELS.update({
@@ -84,9 +107,11 @@ MODELS.update({
         make_oversampling_spec(DEFAULT_OVERSAMPLING_COPIES, name="oversampling"),
         *(make_oversampling_spec(k) for k in OVERSAMPLING_COPIES),
         ModelSpec("unbias", "UNBIAS: BASE's clicked-only CVR loss reweighted by 1/pCTR (own CTR "
-                  "network) to the entire space", SeparateTowers, InversePropensityLoss()),
+                  "network) to the entire space", SeparateTowers, InversePropensityLoss(),
+                  reference_ctr=True),
         ModelSpec("division", "DIVISION: separate CTR and CTCVR networks; pCVR = pCTCVR / pCTR "
-                  "clipped to [0, 1]", DivisionTowers, DivisionLoss(), division_probabilities),
+                  "clipped to [0, 1]", DivisionTowers, DivisionLoss(), division_probabilities,
+                  reference_ctr=True),
     )
 })
 

@@ -69,11 +69,11 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[Any]:
 @torch.inference_mode()
 def predict_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
                   batch_size: int = EVAL_BATCH_SIZE) -> dict[str, np.ndarray]:
-    """p_ctr, p_cvr and p_ctcvr for every row of ``split``, in row order."""
+    """The spec's scores (p_ctr, p_cvr, p_ctcvr) for every row of ``split``, in row order."""
     was_training = model.training
     model.eval()
     n = len(split)
-    out = {k: np.empty(n, dtype=np.float32) for k in ("p_ctr", "p_cvr", "p_ctcvr")}
+    out = {k: np.empty(n, dtype=np.float32) for k in spec.outputs}
     for s in range(0, n, batch_size):
         probs = spec.probabilities(model(split.batch(slice(s, min(n, s + batch_size)))))
         for k in out:
@@ -86,7 +86,7 @@ def evaluate_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
                    batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
     """The paper's metrics (``esmm.metrics.evaluate_predictions``) on one split."""
     p = predict_split(model, spec, split, batch_size)
-    return evaluate_predictions(p["p_ctr"], p["p_cvr"], split.click, split.conversion,
+    return evaluate_predictions(p["p_ctr"], p.get("p_cvr"), split.click, split.conversion,
                                 group=split.group, true_ctr=split.true_ctr,
                                 true_cvr=split.true_cvr)
 
