@@ -181,3 +181,25 @@ def test_identity_encoded_run_scores_raw_ints(tmp_path):
     assert stats["rows"] == 30
     p = pq.read_table(tmp_path / "s.parquet").column("p_ctcvr").to_numpy()
     assert ((p > 0) & (p < 1)).all()
+
+
+def test_bf16_scoring_stays_within_1e3_of_fp32_and_keeps_the_product(trained):
+    """bf16 hidden layers (the fast scoring path) change scores by well under 1e-3 here."""
+    out32, out16 = trained["root"] / "s32.parquet", trained["root"] / "s16.parquet"
+    predict_file(trained["run"], trained["parquet"], out32)
+    stats = main(["predict", "--run", str(trained["run"]), "--input", str(trained["parquet"]),
+                  "--output", str(out16), "--precision", "bf16"])
+    assert stats == 0
+    a, b = pq.read_table(out32), pq.read_table(out16)
+    assert a.column_names == b.column_names
+    for k in ("p_ctr", "p_cvr", "p_ctcvr"):
+        x, y = a.column(k).to_numpy(), b.column(k).to_numpy()
+        assert np.abs(x - y).max() < 1e-3 and not np.array_equal(x, y)  # bf16 really ran
+    np.testing.assert_allclose(b.column("p_ctcvr").to_numpy(),
+                               b.column("p_ctr").to_numpy() * b.column("p_cvr").to_numpy(),
+                               rtol=1e-6)
+    fp32 = api.evaluate(trained["run"], trained["data"], "test")
+    bf16 = api.evaluate(trained["run"], trained["data"], "test", precision="bf16")
+    assert abs(fp32["ctcvr_auc"] - bf16["ctcvr_auc"]) < 5e-3
+    with pytest.raises(ValueError, match="precision must be one of"):
+        api.evaluate(trained["run"], trained["data"], "test", precision="fp8")

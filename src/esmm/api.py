@@ -53,11 +53,15 @@ def train(data_dir: str | Path, out_dir: str | Path, config: RunConfig | None = 
 
 
 def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test",
-             batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
-    """The paper's metrics for a saved run on one split of an encoded dataset."""
+             batch_size: int = EVAL_BATCH_SIZE, precision: str = "fp32") -> dict[str, float]:
+    """The paper's metrics for a saved run on one split of an encoded dataset.
+
+    ``precision="bf16"``: hidden layers scored in bfloat16 (see ``predict_split``).
+    """
     run = load_run(run_dir)
     schema = load_schema(data_dir)
     if schema.features != run.schema.features:
         raise ValueError(f"{data_dir}: dataset features differ from the run's schema "
                          f"({run_dir}/schema.json); evaluate on data encoded the same way")
-    return evaluate_split(run.model, run.spec, load_split(data_dir, split, schema), batch_size)
+    return evaluate_split(run.model, run.spec, load_split(data_dir, split, schema), batch_size,
+                          precision)

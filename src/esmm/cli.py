@@ -126,6 +126,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="dtype of the towers' hidden layers when scoring (bf16: faster on CPUs "
+                   "with native bfloat16; default fp32)")
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -133,7 +136,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
     from esmm.api import evaluate
     from esmm.metrics import format_metrics_table
 
-    metrics = evaluate(a.run, a.data, a.split)
+    metrics = evaluate(a.run, a.data, a.split, precision=a.precision)
     print(format_metrics_table({f"{Path(a.run).name} on {a.split}": metrics}))
     if a.json:
         Path(a.json).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -190,6 +193,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", help="column copied beside the scores (default: 'id' if the "
                    "input has one, else a 0-based row_id)")
     p.add_argument("--chunk-rows", type=int, default=262144, help="rows scored per chunk")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="dtype of the towers' hidden layers (bf16: about 2x faster on CPUs "
+                   "with native bfloat16, scores within ~1e-3; default fp32)")
     p.set_defaults(handler=_run_predict)
 
 
@@ -197,7 +203,7 @@ def _run_predict(a: argparse.Namespace) -> int:
     from esmm.predict import predict_file
 
     stats = predict_file(a.run, a.input, a.output, id_column=a.id_column,
-                         chunk_rows=a.chunk_rows)
+                         chunk_rows=a.chunk_rows, precision=a.precision)
     print(json.dumps(stats, indent=2))
     return 0
 

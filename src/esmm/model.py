@@ -7,6 +7,9 @@ Every model maps a :class:`esmm.data.Batch` to a dict of named logits
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -139,7 +142,13 @@ def _offsets(sizes: list[int]) -> torch.Tensor:
 
 
 class Tower(nn.Module):
-    """MLP with ReLU hidden layers and one output logit: [B, in] -> [B]."""
+    """MLP with ReLU hidden layers and one output logit: [B, in] -> [B].
+
+    ``hidden_dtype`` (set by :func:`scoring_precision`, never while training)
+    runs the hidden layers' products in that dtype -- bfloat16: 3.5x the fp32
+    matrix throughput on CPUs with native bf16 dot products -- while the output
+    layer stays float32, so logits keep full resolution (no bf16 ties in AUCs).
+    """
 
     def __init__(self, in_dim: int, hidden: tuple[int, ...], dropout: float = 0.0) -> None:
         super().__init__()
@@ -151,9 +160,44 @@ class Tower(nn.Module):
             in_dim = h
         layers.append(nn.Linear(in_dim, 1))
         self.net = nn.Sequential(*layers)
+        self.hidden_dtype: torch.dtype | None = None
+        self._hidden_weights: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def set_hidden_dtype(self, dtype: torch.dtype | None) -> None:
+        """Score hidden layers in ``dtype`` (None: float32); weights are cast once, here."""
+        self.hidden_dtype = dtype
+        linears = [m for m in self.net if isinstance(m, nn.Linear)][:-1]
+        self._hidden_weights = [] if dtype is None else [
+            (lin.weight.detach().to(dtype), lin.bias.detach().to(dtype)) for lin in linears]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        if self.hidden_dtype is None or torch.is_grad_enabled():
+            return self.net(x).squeeze(-1)
+        h = x.to(self.hidden_dtype)
+        for w, b in self._hidden_weights:  # dropout is the identity when scoring
+            h = F.linear(h, w, b).relu_()
+        out = self.net[-1]
+        return F.linear(h.float(), out.weight, out.bias).squeeze(-1)
+
+
+#: Scoring precisions: the dtype of the towers' hidden-layer products.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+@contextmanager
+def scoring_precision(model: nn.Module, precision: str = "fp32") -> Iterator[None]:
+    """Within the block, ``model``'s towers score with hidden layers in ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    towers = [m for m in model.modules() if isinstance(m, Tower)]
+    saved = [t.hidden_dtype for t in towers]
+    for t in towers:
+        t.set_hidden_dtype(PRECISIONS[precision])
+    try:
+        yield
+    finally:
+        for t, d in zip(towers, saved):
+            t.set_hidden_dtype(d)
 
 
 class SharedTowers(nn.Module):

@@ -44,15 +44,17 @@ class PredictError(ValueError):
 class Predictor:
     """A trained run ready to score raw rows (tables whose columns are raw feature values)."""
 
-    def __init__(self, run: LoadedRun, batch_size: int = EVAL_BATCH_SIZE) -> None:
+    def __init__(self, run: LoadedRun, batch_size: int = EVAL_BATCH_SIZE,
+                 precision: str = "fp32") -> None:
         self.run = run
         self.schema: Schema = run.schema
         self.vocabularies: dict[str, Vocabulary] | None = vocabularies_from_json(run.vocabularies)
         self.batch_size = batch_size
+        self.precision = precision  # "bf16": hidden layers in bfloat16 (see predict_split)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Predictor:
-        return cls(load_run(run_dir))
+    def load(cls, run_dir: str | Path, precision: str = "fp32") -> Predictor:
+        return cls(load_run(run_dir), precision=precision)
 
     @property
     def feature_columns(self) -> list[str]:
@@ -74,7 +76,8 @@ class Predictor:
     def _score(self, table: pa.Table, where: str, row_offset: int
                ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         encoded, split = self.encode(table, where=where, row_offset=row_offset)
-        probs = predict_split(self.run.model, self.run.spec, split, self.batch_size)
+        probs = predict_split(self.run.model, self.run.spec, split, self.batch_size,
+                              self.precision)
         return probs, unknown_counts(table, encoded, self.schema)
 
 
@@ -132,12 +135,14 @@ def _resolve_id_column(path: Path, available: list[str], id_column: str | None) 
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, *,
-                 id_column: str | None = None, chunk_rows: int = 262144) -> dict[str, Any]:
+                 id_column: str | None = None, chunk_rows: int = 262144,
+                 precision: str = "fp32") -> dict[str, Any]:
     """Score every row of a raw CSV/Parquet file; write ``id, p_ctr, p_cvr, p_ctcvr`` to Parquet.
 
     The id column is ``id_column`` copied as it is (CSV columns are read as
     text), else the input's ``id`` column if it has one, else ``row_id``
-    (0-based int64). The output appears only once every row is scored; a
+    (0-based int64). ``precision="bf16"`` scores the hidden layers in
+    bfloat16 (see ``esmm.training.predict_split``). The output appears only once every row is scored; a
     failure leaves no partial file. Returns rows, seconds, rows per second and,
     per sparse feature, how many non-empty values were unknown to the model.
     """
@@ -148,7 +153,7 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     if input_path.resolve() == output_path.resolve():
         raise PredictError(f"{output_path}: output would overwrite the input")
     configure_threads(0)
-    predictor = Predictor.load(run_dir)
+    predictor = Predictor.load(run_dir, precision)
     available = raw_columns(input_path, PredictError)
     check_columns(input_path, available, [(c, "feature") for c in predictor.feature_columns],
                   PredictError)
@@ -182,7 +187,7 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     return {"input": str(input_path), "output": str(output_path), "rows": rows,
-            "id_column": id_col or ROW_ID, "seconds": round(seconds, 4),
+            "id_column": id_col or ROW_ID, "precision": precision, "seconds": round(seconds, 4),
             "rows_per_s": rows / max(seconds, 1e-9), "unknown_ids": unknown}
 
 
