@@ -142,3 +142,27 @@ def test_dense_features_are_standardised_with_train_statistics(tiny_world) -> No
     emb.fit_dense(split)
     np.testing.assert_allclose(emb.dense_mean.numpy(), split.dense.mean(0), rtol=1e-4)
     assert "dense_mean" in emb.state_dict()  # saved with the weights, so serving matches
+
+
+@pytest.mark.parametrize("name", ["esmm", "base"])
+def test_scoring_path_matches_the_training_forward(tiny_world, name: str) -> None:
+    """fp32 scoring (ESMM: both first layers as one product) == the plain forward; bf16 close."""
+    from esmm.model import scoring_precision
+
+    split = load_split(tiny_world, "valid")
+    spec = get_model_spec(name)
+    torch.manual_seed(0)
+    model = spec.build(split.schema, TINY_MODEL).eval()
+    batch = split.batch(slice(0, 512))
+    with torch.no_grad():
+        plain = model(batch)
+        with scoring_precision(model, "fp32"):
+            fast = model(batch)
+        with scoring_precision(model, "bf16"):
+            low = model(batch)
+        again = model(batch)  # the context restores the plain path
+    for k in plain:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(low[k], plain[k], rtol=2e-2, atol=2e-2)  # bf16: 8-bit mantissa
+        assert fast[k].dtype == low[k].dtype == torch.float32
+        assert torch.equal(again[k], plain[k])

@@ -173,15 +173,19 @@ class Tower(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hidden_dtype is None or torch.is_grad_enabled():
             return self.net(x).squeeze(-1)
-        h = x.to(self.hidden_dtype)
-        for w, b in self._hidden_weights:  # dropout is the identity when scoring
+        return self.score_from(x.to(self.hidden_dtype), 0)
+
+    def score_from(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """Scoring only: the logit from hidden layer ``layer``'s input ``h`` (hidden dtype)."""
+        for w, b in self._hidden_weights[layer:]:  # dropout is the identity when scoring
             h = F.linear(h, w, b).relu_()
         out = self.net[-1]
         return F.linear(h.float(), out.weight, out.bias).squeeze(-1)
 
 
-#: Scoring precisions: the dtype of the towers' hidden-layer products.
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+#: Scoring precisions: the dtype of the towers' hidden-layer products ("fp32" also takes
+#: the scoring path: one product for both ESMM towers' first layers).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @contextmanager
@@ -189,15 +193,16 @@ def scoring_precision(model: nn.Module, precision: str = "fp32") -> Iterator[Non
     """Within the block, ``model``'s towers score with hidden layers in ``precision``."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    towers = [m for m in model.modules() if isinstance(m, Tower)]
-    saved = [t.hidden_dtype for t in towers]
-    for t in towers:
-        t.set_hidden_dtype(PRECISIONS[precision])
+    # every module with a set_hidden_dtype hook: the towers, and SharedTowers' fused first layer
+    hooked = [m for m in model.modules() if hasattr(m, "set_hidden_dtype")]
+    saved = [m.hidden_dtype for m in hooked]
+    for m in hooked:
+        m.set_hidden_dtype(PRECISIONS[precision])
     try:
         yield
     finally:
-        for t, d in zip(towers, saved):
-            t.set_hidden_dtype(d)
+        for m, d in zip(hooked, saved):
+            m.set_hidden_dtype(d)
 
 
 class SharedTowers(nn.Module):
@@ -212,13 +217,32 @@ class SharedTowers(nn.Module):
         self.embedding = FeatureEmbedding(schema, cfg)
         self.ctr_tower = Tower(self.embedding.out_dim, cfg.tower, cfg.dropout)
         self.cvr_tower = Tower(self.embedding.out_dim, cfg.tower, cfg.dropout)
+        self.hidden_dtype: torch.dtype | None = None
+        self._first: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def fit_inputs(self, split: EncodedSplit) -> None:
         self.embedding.fit_dense(split)
 
+    def set_hidden_dtype(self, dtype: torch.dtype | None) -> None:
+        """Scoring: both towers' first layers as one product (they read the same input).
+
+        Training keeps two products: concatenating the weights every step measured
+        slower (docs/performance.md); for scoring they are concatenated once, here.
+        """
+        self.hidden_dtype = dtype
+        firsts = [t.net[0] for t in (self.ctr_tower, self.cvr_tower)]
+        self._first = None if dtype is None else (
+            torch.cat([f.weight.detach() for f in firsts]).to(dtype),
+            torch.cat([f.bias.detach() for f in firsts]).to(dtype))
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.embedding(batch)
-        return {"ctr": self.ctr_tower(x), "cvr": self.cvr_tower(x)}
+        if self._first is None or torch.is_grad_enabled():
+            return {"ctr": self.ctr_tower(x), "cvr": self.cvr_tower(x)}
+        h = F.linear(x.to(self.hidden_dtype), *self._first).relu_()
+        h_ctr, h_cvr = h.split(self.ctr_tower.net[0].out_features, dim=1)
+        return {"ctr": self.ctr_tower.score_from(h_ctr, 1),
+                "cvr": self.cvr_tower.score_from(h_cvr, 1)}
 
 
 class SeparateTowers(nn.Module):
