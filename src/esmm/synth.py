@@ -49,7 +49,10 @@ class WorldConfig:
     click_rate: float = 0.04
     conversion_rate: float = 0.12  # among clicked impressions
     selection_bias: float = 0.6
-    n_users: int | None = None  # None: rows // 400
+    # None: rows // 2000. Enough impressions per user (~2,000: ~80 clicks, ~10 conversions)
+    # that clicks reveal a user's taste while conversions alone barely do -- the
+    # data-sparsity regime of the paper, where a shared embedding pays (docs/synth.md).
+    n_users: int | None = None
     n_items: int | None = None  # None: rows // 1000
     n_categories: int = 300
     latent_dim: int = 4
@@ -96,7 +99,7 @@ def make_world(cfg: WorldConfig) -> tuple[Schema, pa.Table]:
     rng = np.random.default_rng(cfg.seed)
     n = cfg.rows
     k = cfg.latent_dim
-    n_users = cfg.n_users or max(200, n // 400)
+    n_users = cfg.n_users or max(200, n // 2000)
     n_items = cfg.n_items or max(200, n // 1000)
     n_cat = cfg.n_categories
     n_shops, n_brands, n_scen = max(50, n_items // 20), max(50, n_items // 15), 6

@@ -24,6 +24,7 @@ chunks in flight; the skeleton is never held whole. Valid is the last
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import shutil
@@ -38,6 +39,7 @@ import numpy as np
 from esmm.aliccp import stages
 from esmm.aliccp.fields import (ALL_FIELDS, CROSS_FIELDS, ITEM_FIELDS, MULTI_FIELDS,
                                 USER_FIELDS, USER_ID_FIELD, kind, value_column, weight_column)
+from esmm.aliccp.malloc import keep_freed_memory
 from esmm.aliccp.report import REPORT_FILE, BadInputError, BadLines, format_summary
 from esmm.aliccp.sources import Member, Progress, has_split, split_members
 from esmm.aliccp.vocabfit import Counter, FieldVocab, count_ids
@@ -95,8 +97,13 @@ class _Run:
         self.orphans: dict[str, int] = {}
         self.vocabs: dict[str, FieldVocab] = {}
         self.phases: dict[str, float] = {}
+        self.phase_cpu: dict[str, float] = {}  # CPU seconds of main + (finished) workers
 
     def pool(self) -> Any:
+        # Objects alive now (torch's, when the CLI imported it) move to a permanent
+        # generation: a collection in a worker would otherwise walk them and, by writing
+        # their headers, copy every shared page of the parent (copy-on-write).
+        gc.freeze()
         return self.ctx.Pool(self.workers)
 
     # -- step 1 + 2: read a split ----------------------------------------------------------
@@ -107,6 +114,7 @@ class _Run:
         stages.STATE.update(tmp=str(self.tmp), split=split, orphan_policy=self.cfg.orphan_policy)
         for member in split_members(self.raw, split, int(self.cfg.chunk_mb * 2**20)):
             prog = Progress(member.name, member.size, self.cfg.progress)
+            cpu = cpu_seconds()
             with self.pool() as pool:
                 if member.kind == "common":
                     users = self._read_common(pool, member, prog)
@@ -114,6 +122,7 @@ class _Run:
                     skel_name = member.name
                     chunks = self._read_skeleton(pool, member, prog, split)
             self.inputs[member.name] = prog.close()
+            self.inputs[member.name]["cpu_seconds"] = round(cpu_seconds() - cpu, 2)
         assert users is not None
         return users, chunks, skel_name
 
@@ -252,6 +261,12 @@ class _Run:
         return totals
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished (joined) worker processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def prepare(raw_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None = None
             ) -> dict[str, Any]:
     """Prepare the raw Ali-CCP files in ``raw_dir`` as a dataset in ``out_dir``; returns the report."""
@@ -265,6 +280,9 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None 
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("train", "valid", "test", SIDE_DIR, TMP_DIR):
         shutil.rmtree(out / sub, ignore_errors=True)
+    # chunk-sized temporaries are reused from the heap, in this process and in the forked
+    # workers, instead of being mapped and zeroed again for every chunk (see aliccp/malloc.py)
+    keep_freed_memory(2 * int(cfg.chunk_mb * 2**20) + (1 << 20))
     run = _Run(raw, out, cfg)
     run.tmp.mkdir()
     try:
@@ -279,13 +297,14 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None 
 
 
 def _train_then_test(run: _Run) -> dict[str, dict]:
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
 
     def phase(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
+        nonlocal t, cpu
+        now, now_cpu = time.perf_counter(), cpu_seconds()
         run.phases[name] = round(run.phases.get(name, 0.0) + now - t, 2)
-        t = now
+        run.phase_cpu[name] = round(run.phase_cpu.get(name, 0.0) + now_cpu - cpu, 2)
+        t, cpu = now, now_cpu
 
     users, chunks, skel = run.read_split("train")
     phase("read")
@@ -351,7 +370,8 @@ def _finish(run: _Run, splits: dict[str, dict], seconds: float) -> dict[str, Any
         "settings": {"min_count": cfg.min_count, "valid_fraction": cfg.valid_fraction,
                      "max_bad_lines": cfg.max_bad_lines, "orphan_policy": cfg.orphan_policy,
                      "workers": run.workers},
-        "seconds": round(seconds, 2), "phase_seconds": run.phases, "out": str(run.out),
+        "seconds": round(seconds, 2), "phase_seconds": run.phases,
+        "phase_cpu_seconds": run.phase_cpu, "out": str(run.out),
     }
     missing = [s for s in ("train", "valid") if s not in splits]
     if "train" in missing:
