@@ -100,6 +100,34 @@ def test_weighted_bag_pooling_matches_a_hand_computation(pooling: str) -> None:
     assert not torch.allclose(x[0, 3:6], pool(w_h, [3], [1]))
 
 
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_bag_gradients_match_torch_embedding_bag(pooling: str) -> None:
+    # the row-sparse training path has its own backward (a sparse product, not torch's
+    # sorting one): its gradients must equal those of a plain dense F.embedding_bag
+    schema = _bag_schema()
+    emb = FeatureEmbedding(schema, ModelConfig(embedding_dim=3, pooling=pooling)).train()
+    split = encode_table(_bag_table(), schema)
+    batch = split.batch(slice(0, 3))
+    upstream = torch.randn(3, emb.out_dim, generator=torch.Generator().manual_seed(0))
+    (emb(batch) * upstream).sum().backward()
+    (uniq, rows), = emb.bag_table.pop_touched()
+    got = torch.zeros_like(emb.bag_table.weight).index_add_(0, uniq, rows.grad)
+
+    weight = emb.bag_table.weight.detach().clone().requires_grad_()
+    n_bags = 3 * emb.n_bag
+    nnz = batch.bag_ids.shape[0]
+    lens = torch.diff(batch.bag_offsets, append=torch.tensor([nnz]))
+    bag = torch.repeat_interleave(torch.arange(n_bags), lens)
+    ids = batch.bag_ids + emb.bag_field_offsets[bag % emb.n_bag]
+    w = batch.bag_weights.clone()
+    if pooling == "mean":
+        w = w / torch.zeros(n_bags).index_add_(0, bag, w).clamp_min(1e-12)[bag]
+    pooled = F.embedding_bag(ids, weight, batch.bag_offsets, mode="sum", per_sample_weights=w)
+    (pooled.reshape(3, -1) * upstream[:, emb.n_cat * 3:]).sum().backward()
+    torch.testing.assert_close(got, weight.grad)
+    assert got.abs().sum() > 0
+
+
 def test_training_lookups_touch_only_the_batch_rows(tiny_world) -> None:
     split = load_split(tiny_world, "train")
     model = get_model_spec("esmm").build(split.schema, TINY_MODEL)
