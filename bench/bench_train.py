@@ -52,7 +52,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 COMPETITORS = BENCH / "competitors"
-IMPLS = ("esmm", "torch-rechub", "deepctr")
+IMPLS = ("esmm", "esmm-bf16", "torch-rechub", "deepctr")
+#: esmm variants: the same library with a training option (esmm-bf16: --precision bf16)
+ESMM_PRECISION = {"esmm": "fp32", "esmm-bf16": "bf16"}
 REFERENCE = "torch-rechub"
 CHILD_SCRIPTS = {"torch-rechub": COMPETITORS / "rechub_esmm.py",
                  "deepctr": COMPETITORS / "deepctr_esmm.py"}
@@ -278,7 +280,8 @@ def child_esmm(args: argparse.Namespace) -> None:
                     model_config=ModelConfig(embedding_dim=args.embedding_dim,
                                              tower=tuple(args.tower_sizes)),
                     train=TrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr,
-                                      progress=False, threads=args.threads, seed=args.seed))
+                                      progress=False, threads=args.threads, seed=args.seed,
+                                      precision=args.precision))
     start = time.perf_counter()
     metrics = api.train(args.data, args.work, cfg, force=True)
     total = time.perf_counter() - start
@@ -293,7 +296,8 @@ def child_esmm(args: argparse.Namespace) -> None:
     except PackageNotFoundError:
         esmm_version = "?"
     result = {
-        "impl": "esmm", "library": "esmm", "library_version": esmm_version,
+        "impl": next(k for k, v in ESMM_PRECISION.items() if v == args.precision),
+        "library": "esmm", "library_version": esmm_version, "precision": args.precision,
         "torch_version": torch.__version__, "python": platform.python_version(),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size,
         "embedding_dim": args.embedding_dim, "tower": list(args.tower_sizes), "lr": args.lr,
@@ -347,8 +351,9 @@ def child_command(impl: str, args: argparse.Namespace, data_dir: Path, batch: in
     common = ["--data", str(data_dir), "--batch-size", str(batch), "--threads", str(args.threads),
               "--lr", repr(args.lr), "--seed", str(args.seed), "--work", str(work),
               "--result", str(result)]
-    if impl == "esmm":
+    if impl in ESMM_PRECISION:
         return [sys.executable, str(Path(__file__).resolve()), "--child", "esmm",
+                "--precision", ESMM_PRECISION[impl],
                 "--embedding-dim", str(args.embedding_dim), "--tower", args.tower, *common]
     return [str(args.competitor_venv / "bin" / "python"), str(CHILD_SCRIPTS[impl]),
             "--embedding-dim", str(args.embedding_dim), "--tower", args.tower, *common]
@@ -422,22 +427,24 @@ def format_table(rows: list[dict], meta: dict) -> str:
 def check_targets(rows: list[dict], targets: dict[int, float]) -> list[dict]:
     """esmm against torch-rechub: speed ratio, AUCs no worse, peak RSS no higher."""
     checks = []
-    for b, want in targets.items():
-        mine = next((r for r in rows if r["impl"] == "esmm" and r["batch_size"] == b and r["ok"]), None)
+    for (b, want), impl in ((t, i) for t in targets.items() for i in ESMM_PRECISION):
+        mine = next((r for r in rows if r["impl"] == impl and r["batch_size"] == b and r["ok"]), None)
         ref = next((r for r in rows if r["impl"] == REFERENCE and r["batch_size"] == b and r["ok"]), None)
         if mine is None or ref is None:
             continue
-        checks += [
+        checks += [{"impl": impl, **c} for c in [
             {"batch_size": b, "check": f"speed >= {want:g}x {REFERENCE}",
              "value": mine["ratio_to_rechub"], "pass": mine["ratio_to_rechub"] >= want},
             {"batch_size": b, "check": "CTR AUC >= rechub", "value": mine["ctr_auc"] - ref["ctr_auc"],
              "pass": mine["ctr_auc"] >= ref["ctr_auc"]},
             {"batch_size": b, "check": "CTCVR AUC >= rechub",
              "value": mine["ctcvr_auc"] - ref["ctcvr_auc"], "pass": mine["ctcvr_auc"] >= ref["ctcvr_auc"]},
+            {"batch_size": b, "check": "CVR AUC >= rechub",
+             "value": mine["cvr_auc"] - ref["cvr_auc"], "pass": mine["cvr_auc"] >= ref["cvr_auc"]},
             {"batch_size": b, "check": "peak RSS <= rechub (MB)",
              "value": mine["peak_rss_mb"] - ref["peak_rss_mb"],
              "pass": mine["peak_rss_mb"] <= ref["peak_rss_mb"]},
-        ]
+        ]]
     return checks
 
 
@@ -503,6 +510,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.test_rows is None:
         args.test_rows = max(1, args.rows // 5)
@@ -536,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {machine['loadavg_at_start']}", flush=True)
     data_dir, meta = ensure_data(args)
     competitor_versions = None
-    if any(i != "esmm" for i in args.impl_list):
+    if any(i not in ESMM_PRECISION for i in args.impl_list):
         competitor_versions = ensure_competitor_venv(args)
         print(f"competitor venv: {competitor_versions}", flush=True)
 
@@ -576,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} threads, one epoch; medians of {args.repeats} round(s)")
     print(table)
     for c in checks:
-        print(f"target batch {c['batch_size']}: {c['check']}: {c['value']:+.4g} -> "
+        print(f"target {c['impl']} batch {c['batch_size']}: {c['check']}: {c['value']:+.4g} -> "
               f"{'PASS' if c['pass'] else 'FAIL'}")
     total = time.perf_counter() - bench_start
     print(f"benchmark wall time {total:.0f} s")

@@ -31,3 +31,6 @@ def test_paper_defaults_and_validation() -> None:
         RunConfig().replace(early_stop_metric="calibration_cvr")
     with pytest.raises(ConfigError):
         RunConfig().replace(epoch=3)
+    with pytest.raises(ConfigError, match="precision"):
+        RunConfig().replace(precision="fp16")
+    assert RunConfig().train.precision == "fp32"

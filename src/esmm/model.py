@@ -197,6 +197,7 @@ class Tower(nn.Module):
         self.net = nn.Sequential(*layers)
         self.hidden_dtype: torch.dtype | None = None
         self._hidden_weights: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.train_dtype: torch.dtype | None = None  # set by training_precision
 
     def set_hidden_dtype(self, dtype: torch.dtype | None) -> None:
         """Score hidden layers in ``dtype`` (None: float32); weights are cast once, here."""
@@ -206,9 +207,22 @@ class Tower(nn.Module):
             (lin.weight.detach().to(dtype), lin.bias.detach().to(dtype)) for lin in linears]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hidden_dtype is None or torch.is_grad_enabled():
+        if torch.is_grad_enabled():
+            return self.net(x).squeeze(-1) if self.train_dtype is None else self._mixed(x)
+        if self.hidden_dtype is None:
             return self.net(x).squeeze(-1)
         return self.score_from(x.to(self.hidden_dtype), 0)
+
+    def _mixed(self, x: torch.Tensor) -> torch.Tensor:
+        """Training in mixed precision: hidden layers in ``train_dtype`` on copies of the
+        fp32 weights cast every step (their gradients come back in fp32 through the
+        cast), the output layer and everything after it in fp32."""
+        h = x.to(self.train_dtype)
+        for m in self.net[:-1]:
+            h = (F.linear(h, m.weight.to(h.dtype), m.bias.to(h.dtype))
+                 if isinstance(m, nn.Linear) else m(h))
+        out = self.net[-1]
+        return F.linear(h.float(), out.weight, out.bias).squeeze(-1)
 
     def score_from(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """Scoring only: the logit from hidden layer ``layer``'s input ``h`` (hidden dtype)."""
@@ -238,6 +252,23 @@ def scoring_precision(model: nn.Module, precision: str = "fp32") -> Iterator[Non
     finally:
         for m, d in zip(hooked, saved):
             m.set_hidden_dtype(d)
+
+
+@contextmanager
+def training_precision(model: nn.Module, precision: str = "fp32") -> Iterator[None]:
+    """Within the block, ``model``'s towers train with hidden layers in ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = None if precision == "fp32" else PRECISIONS[precision]
+    towers = [m for m in model.modules() if isinstance(m, Tower)]
+    saved = [t.train_dtype for t in towers]
+    for t in towers:
+        t.train_dtype = dtype
+    try:
+        yield
+    finally:
+        for t, d in zip(towers, saved):
+            t.train_dtype = d
 
 
 class SharedTowers(nn.Module):

@@ -23,7 +23,8 @@ from torch import nn
 from esmm.config import EVAL_BATCH_SIZE, TrainConfig
 from esmm.data import EncodedSplit
 from esmm.metrics import evaluate_predictions, higher_is_better
-from esmm.model import dense_parameters, row_sparse_tables, scoring_precision
+from esmm.model import (dense_parameters, row_sparse_tables, scoring_precision,
+                        training_precision)
 from esmm.optim import RowWiseAdam
 from esmm.registry import ModelSpec
 
@@ -131,8 +132,20 @@ class Trainer:
         self.model.train()
         n_batches = math.ceil(len(train) / self.cfg.batch_size)
         bar = _progress(n_batches, f"epoch {epoch}", self.cfg.progress)
-        total, count, start = 0.0, 0, time.perf_counter()
-        for step, batch in enumerate(train.iter_batches(self.cfg.batch_size, shuffle=True, rng=rng)):
+        start = time.perf_counter()
+        batches = train.iter_batches(self.cfg.batch_size, shuffle=True, rng=rng)
+        with training_precision(self.model, self.cfg.precision):
+            total, count = self._run_batches(batches, epoch, bar, start)
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - start
+        return {"train_loss": total / max(1, count), "seconds": seconds,
+                "samples_per_s": count / max(1e-9, seconds)}
+
+    def _run_batches(self, batches: Any, epoch: int, bar: Any, start: float
+                     ) -> tuple[float, int]:
+        total, count = 0.0, 0
+        for step, batch in enumerate(batches):
             loss = self.train_step(batch)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch} step {step}: loss is {loss}")
@@ -145,11 +158,7 @@ class Trainer:
                 if step % 20 == 0:
                     rate = count / max(1e-9, time.perf_counter() - start)
                     bar.set_postfix(loss=f"{total / count:.4f}", rows_s=f"{rate:,.0f}")
-        if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - start
-        return {"train_loss": total / max(1, count), "seconds": seconds,
-                "samples_per_s": count / max(1e-9, seconds)}
+        return total, count
 
     def fit(self, train: EncodedSplit, valid: EncodedSplit | None = None) -> FitResult:
         """Train for ``cfg.epochs``, validating on ``valid`` after each epoch.
