@@ -304,6 +304,9 @@ class SharedTowers(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.embedding(batch)
         if self._first is None or torch.is_grad_enabled():
+            if torch.is_grad_enabled() and self.ctr_tower.train_dtype is not None:
+                # mixed precision: cast the shared input once (and its gradient back once)
+                x = x.to(self.ctr_tower.train_dtype)
             return {"ctr": self.ctr_tower(x), "cvr": self.cvr_tower(x)}
         h = F.linear(x.to(self.hidden_dtype), *self._first).relu_()
         h_ctr, h_cvr = h.split(self.ctr_tower.net[0].out_features, dim=1)
