@@ -37,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the world (test = 25%%)")
     ap.add_argument("--workdir", default="/tmp/esmm_bench_eval")
-    ap.add_argument("--batch-sizes", default="4096,16384,65536")
+    ap.add_argument("--batch-sizes", default="4096,8192,16384,65536")
     ap.add_argument("--model", default="esmm")
     ap.add_argument("--precisions", default="fp32,bf16", help="scoring precisions to time")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per setting (best kept)")
