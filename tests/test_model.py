@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -225,3 +227,24 @@ def test_bf16_training_is_mixed_precision_and_close_to_fp32(tiny_world) -> None:
         cos = F.cosine_similarity(g.flatten(), g32[name].flatten(), dim=0)
         assert cos > 0.98, (name, cos)
     assert all(t.train_dtype is None for t in model.modules() if hasattr(t, "train_dtype"))
+
+
+def test_row_sparse_lookups_give_the_dense_tables_gradients(tiny_world) -> None:
+    # the row-sparse path has its own backward for single- and multi-valued fields
+    # (index_add_ and a sparse product instead of torch's sorting ones): scattered back
+    # into full tables, its gradients must equal an ordinary dense embedding's
+    split = load_split(tiny_world, "train")
+    batch = split.batch(slice(0, 64))
+    cfg = ModelConfig(embedding_dim=4)
+    sparse = FeatureEmbedding(split.schema, cfg).train()
+    dense = FeatureEmbedding(split.schema, dataclasses.replace(cfg, sparse=False)).train()
+    dense.load_state_dict(sparse.state_dict())
+    upstream = torch.randn(64, sparse.out_dim, generator=torch.Generator().manual_seed(1))
+    (sparse(batch) * upstream).sum().backward()
+    (dense(batch) * upstream).sum().backward()
+    for name in ("cat_table", "bag_table"):
+        (uniq, rows), = getattr(sparse, name).pop_touched()
+        weight = getattr(sparse, name).weight
+        got = torch.zeros_like(weight).index_add_(0, uniq, rows.grad)
+        torch.testing.assert_close(got, getattr(dense, name).weight.grad)
+        assert got.abs().sum() > 0

@@ -39,7 +39,7 @@ import numpy as np
 from esmm.aliccp import stages
 from esmm.aliccp.fields import (ALL_FIELDS, CROSS_FIELDS, ITEM_FIELDS, MULTI_FIELDS,
                                 USER_FIELDS, USER_ID_FIELD, kind, value_column, weight_column)
-from esmm.aliccp.malloc import keep_freed_memory
+from esmm.malloc import keep_freed_memory
 from esmm.aliccp.report import REPORT_FILE, BadInputError, BadLines, format_summary
 from esmm.aliccp.sources import Member, Progress, has_split, split_members
 from esmm.aliccp.vocabfit import Counter, FieldVocab, count_ids
@@ -281,7 +281,7 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig | None 
     for sub in ("train", "valid", "test", SIDE_DIR, TMP_DIR):
         shutil.rmtree(out / sub, ignore_errors=True)
     # chunk-sized temporaries are reused from the heap, in this process and in the forked
-    # workers, instead of being mapped and zeroed again for every chunk (see aliccp/malloc.py)
+    # workers, instead of being mapped and zeroed again for every chunk (see esmm/malloc.py)
     keep_freed_memory(2 * int(cfg.chunk_mb * 2**20) + (1 << 20))
     run = _Run(raw, out, cfg)
     run.tmp.mkdir()

@@ -1,16 +1,16 @@
-"""Keep freed chunk-sized buffers in the process instead of handing them back to the kernel.
+"""Keep freed buffers of a repeated workload in the process instead of handing them back to the kernel.
 
-Every parsed chunk allocates the same few tens of megabytes of NumPy temporaries.
-glibc serves allocations above its mmap threshold (at most 32 MiB by default)
-with a fresh ``mmap`` and unmaps them on free, so each chunk paid the kernel to
-zero and fault in those pages again: about a third of the parse's CPU time was
-system time. Raising the threshold above the chunk's arrays (and the trim
-threshold with it) lets the heap reuse them; the heap then stays at the size of
-one chunk's working set, so memory remains bounded by the chunk size.
+Training steps and parsed chunks allocate the same tensors and arrays of a few
+megabytes over and over. glibc serves allocations above its mmap threshold with
+a fresh ``mmap`` and unmaps them on free (and trims its heap top), so each step
+or chunk paid the kernel to zero and fault in those pages again: about a third
+of ``esmm aliccp prepare``'s CPU time, and 1.5-2 s of system time per training
+epoch of the 1M-row benchmark (batch 4096, 2 threads; 0.5 s with this). Raising
+the mmap threshold above the largest reused buffer (and the trim threshold with
+it) lets the heap reuse them; the heap then stays at the size of one step's or
+one chunk's working set, so memory remains bounded.
 
 Only glibc is tuned (through ``ctypes``, no compiled code); elsewhere this does nothing.
-"""
-
 from __future__ import annotations
 
 import ctypes
