@@ -11,6 +11,8 @@ it) lets the heap reuse them; the heap then stays at the size of one step's or
 one chunk's working set, so memory remains bounded.
 
 Only glibc is tuned (through ``ctypes``, no compiled code); elsewhere this does nothing.
+"""
+
 from __future__ import annotations
 
 import ctypes
