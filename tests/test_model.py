@@ -248,3 +248,30 @@ def test_row_sparse_lookups_give_the_dense_tables_gradients(tiny_world) -> None:
         got = torch.zeros_like(weight).index_add_(0, uniq, rows.grad)
         torch.testing.assert_close(got, getattr(dense, name).weight.grad)
         assert got.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["esmm", "esmm-ns", "base", "division", "ctr"])
+def test_output_biases_start_at_the_train_base_rates(tiny_world, name: str) -> None:
+    from esmm.model import base_rate_logits
+
+    split = load_split(tiny_world, "train")
+    click, conv = split.click.astype(float), split.conversion.astype(float)
+    expected = {"ctr": (click.sum() + 1) / (len(split) + 2),
+                "cvr": (conv.sum() + 1) / (click.sum() + 2),
+                "ctcvr": (conv.sum() + 1) / (len(split) + 2)}
+    logits = base_rate_logits(split)
+    for task, rate in expected.items():
+        assert torch.sigmoid(torch.tensor(logits[task])).item() == pytest.approx(rate, rel=1e-6)
+
+    spec = get_model_spec(name)
+    model = spec.build(split.schema, TINY_MODEL)
+    model.fit_inputs(split)
+    towers = {t: getattr(model, f"{t}_tower") for t in expected if hasattr(model, f"{t}_tower")}
+    assert towers
+    for task, tower in towers.items():
+        assert tower.net[-1].bias.item() == pytest.approx(logits[task], rel=1e-6)
+    zero = spec.build(split.schema, dataclasses.replace(TINY_MODEL, output_bias_init="zero"))
+    before = {t: getattr(zero, f"{t}_tower").net[-1].bias.clone() for t in towers}
+    zero.fit_inputs(split)
+    for task in towers:
+        assert torch.equal(getattr(zero, f"{task}_tower").net[-1].bias, before[task])

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from esmm.config import ModelConfig
 from esmm.data import Batch, EncodedSplit
 from esmm.losses import Outputs
-from esmm.model import FeatureEmbedding, Tower
+from esmm.model import FeatureEmbedding, Tower, fit_model_inputs
 from esmm.schema import Schema
 
 __all__ = ["NegativeSamplingLoss", "OversampledClickedLoss", "InversePropensityLoss",
@@ -170,10 +170,11 @@ class DivisionTowers(nn.Module):
         self.ctcvr_embedding = FeatureEmbedding(schema, cfg)
         self.ctr_tower = Tower(self.ctr_embedding.out_dim, cfg.tower, cfg.dropout)
         self.ctcvr_tower = Tower(self.ctcvr_embedding.out_dim, cfg.tower, cfg.dropout)
+        self.output_bias_init = cfg.output_bias_init
 
     def fit_inputs(self, split: EncodedSplit) -> None:
-        self.ctr_embedding.fit_dense(split)
-        self.ctcvr_embedding.fit_dense(split)
+        fit_model_inputs(self, [self.ctr_embedding, self.ctcvr_embedding], split,
+                         self.output_bias_init)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ctr": self.ctr_tower(self.ctr_embedding(batch)),

@@ -56,6 +56,12 @@ class ModelConfig:
     dropout: float = 0.0
     pooling: str = "mean"  # how a multi-valued bag becomes one vector: "mean" or "sum" (weighted)
     sparse: bool = True  # row-wise (sparse) embedding gradients; see esmm.training
+    # "base_rate": each tower's output bias starts at the log-odds of its task's rate in the
+    # train split (CTR: clicks per impression, CVR: conversions per click, CTCVR: conversions
+    # per impression), so the first steps are not spent learning the base rate -- worth
+    # +0.02-0.03 test CVR AUC after one epoch at batch 4096 (docs/performance.md). "zero":
+    # PyTorch's default initialisation.
+    output_bias_init: str = "base_rate"
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1:
@@ -64,6 +70,8 @@ class ModelConfig:
             raise ConfigError("model.tower must be a non-empty list of positive sizes")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout must be in [0, 1)")
+        if self.output_bias_init not in ("base_rate", "zero"):
+            raise ConfigError("model.output_bias_init must be 'base_rate' or 'zero'")
         if self.pooling not in ("mean", "sum"):
             raise ConfigError("model.pooling must be 'mean' or 'sum'")
         object.__setattr__(self, "tower", tuple(int(h) for h in self.tower))

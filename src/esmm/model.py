@@ -222,6 +222,10 @@ class Tower(nn.Module):
         self._hidden_weights: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.train_dtype: torch.dtype | None = None  # set by training_precision
 
+    def set_output_bias(self, logit: float) -> None:
+        with torch.no_grad():
+            self.net[-1].bias.fill_(logit)
+
     def set_hidden_dtype(self, dtype: torch.dtype | None) -> None:
         """Score hidden layers in ``dtype`` (None: float32); weights are cast once, here."""
         self.hidden_dtype = dtype
@@ -277,6 +281,35 @@ def scoring_precision(model: nn.Module, precision: str = "fp32") -> Iterator[Non
             m.set_hidden_dtype(d)
 
 
+def base_rate_logits(split: EncodedSplit) -> dict[str, float]:
+    """Log-odds of each task's rate in ``split``, Laplace-smoothed (defined on any split):
+    ``ctr`` clicks per impression, ``cvr`` conversions per click, ``ctcvr`` conversions
+    per impression."""
+    n, clicks = len(split), float(split.click.sum())
+    conversions = float(split.conversion.sum())
+    rates = {"ctr": (clicks + 1) / (n + 2), "cvr": (conversions + 1) / (clicks + 2),
+             "ctcvr": (conversions + 1) / (n + 2)}
+    return {task: float(np.log(r / (1 - r))) for task, r in rates.items()}
+
+
+def init_output_biases(model: nn.Module, split: EncodedSplit) -> None:
+    """Start every ``<task>_tower``'s output bias at the log-odds of that task's base rate."""
+    for task, logit in base_rate_logits(split).items():
+        tower = getattr(model, f"{task}_tower", None)
+        if isinstance(tower, Tower):
+            tower.set_output_bias(logit)
+
+
+def fit_model_inputs(model: nn.Module, embeddings: list[FeatureEmbedding], split: EncodedSplit,
+                     output_bias_init: str) -> None:
+    """What every model's ``fit_inputs`` does: dense statistics of the train split for each
+    embedding, and (``output_bias_init="base_rate"``) the towers' output biases."""
+    for emb in embeddings:
+        emb.fit_dense(split)
+    if output_bias_init == "base_rate":
+        init_output_biases(model, split)
+
+
 @contextmanager
 def training_precision(model: nn.Module, precision: str = "fp32") -> Iterator[None]:
     """Within the block, ``model``'s towers train with hidden layers in ``precision``."""
@@ -308,9 +341,10 @@ class SharedTowers(nn.Module):
         self.cvr_tower = Tower(self.embedding.out_dim, cfg.tower, cfg.dropout)
         self.hidden_dtype: torch.dtype | None = None
         self._first: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.output_bias_init = cfg.output_bias_init
 
     def fit_inputs(self, split: EncodedSplit) -> None:
-        self.embedding.fit_dense(split)
+        fit_model_inputs(self, [self.embedding], split, self.output_bias_init)
 
     def set_hidden_dtype(self, dtype: torch.dtype | None) -> None:
         """Scoring: both towers' first layers as one product (they read the same input).
@@ -350,10 +384,11 @@ class SeparateTowers(nn.Module):
         self.cvr_embedding = FeatureEmbedding(schema, cfg)
         self.ctr_tower = Tower(self.ctr_embedding.out_dim, cfg.tower, cfg.dropout)
         self.cvr_tower = Tower(self.cvr_embedding.out_dim, cfg.tower, cfg.dropout)
+        self.output_bias_init = cfg.output_bias_init
 
     def fit_inputs(self, split: EncodedSplit) -> None:
-        self.ctr_embedding.fit_dense(split)
-        self.cvr_embedding.fit_dense(split)
+        fit_model_inputs(self, [self.ctr_embedding, self.cvr_embedding], split,
+                         self.output_bias_init)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ctr": self.ctr_tower(self.ctr_embedding(batch)),
@@ -372,9 +407,10 @@ class ClickNetwork(nn.Module):
         super().__init__()
         self.ctr_embedding = FeatureEmbedding(schema, cfg)
         self.ctr_tower = Tower(self.ctr_embedding.out_dim, cfg.tower, cfg.dropout)
+        self.output_bias_init = cfg.output_bias_init
 
     def fit_inputs(self, split: EncodedSplit) -> None:
-        self.ctr_embedding.fit_dense(split)
+        fit_model_inputs(self, [self.ctr_embedding], split, self.output_bias_init)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ctr": self.ctr_tower(self.ctr_embedding(batch))}
