@@ -95,3 +95,12 @@ def test_cli_synth_train_evaluate(tmp_path, capsys) -> None:
     assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1",
                  "--no-progress"]) == 2
     assert "--force" in capsys.readouterr().err
+    # --precision bf16 reaches the saved config; the run trains and scores
+    bf16 = tmp_path / "bf16"
+    assert main(["train", "--data", str(data), "--out", str(bf16), "--config", str(cfg),
+                 "--epochs", "1", "--batch-size", "256", "--precision", "bf16",
+                 "--no-progress"]) == 0
+    assert json.loads((bf16 / "config.json").read_text())["train"]["precision"] == "bf16"
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "bad"),
+                 "--precision", "fp16", "--no-progress"]) == 2
+    assert "precision" in capsys.readouterr().err
