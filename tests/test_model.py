@@ -275,3 +275,16 @@ def test_output_biases_start_at_the_train_base_rates(tiny_world, name: str) -> N
     zero.fit_inputs(split)
     for task in towers:
         assert torch.equal(getattr(zero, f"{task}_tower").net[-1].bias, before[task])
+
+
+@pytest.mark.parametrize("factor", [0, 10**9])  # 0: always the mark array; 10**9: always sort
+def test_row_unique_by_mark_array_and_by_sort_agree(monkeypatch, factor: int) -> None:
+    import esmm.model as model_module
+
+    monkeypatch.setattr(model_module, "SORT_UNIQUE_FACTOR", factor)
+    table = EmbeddingTable(1000, 4)
+    ids = torch.tensor([[5, 999, 5, 0], [17, 0, 3, 999]])
+    uniq, inverse = table._unique(ids)
+    assert uniq.tolist() == [0, 3, 5, 17, 999]
+    assert torch.equal(uniq[inverse], ids)
+    assert not table._seen.any()  # the scratch is left clean
