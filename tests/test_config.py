@@ -34,3 +34,11 @@ def test_paper_defaults_and_validation() -> None:
     with pytest.raises(ConfigError, match="precision"):
         RunConfig().replace(precision="fp16")
     assert RunConfig().train.precision == "fp32"
+
+
+def test_saved_configs_read_missing_new_keys_as_the_behaviour_they_were_trained_with() -> None:
+    saved = RunConfig().to_dict()
+    del saved["model_config"]["output_bias_init"]  # a run written before the key existed
+    assert RunConfig.from_saved({"esmm_version": "0.1.0", **saved}).model_config.output_bias_init == "zero"
+    assert RunConfig.from_saved(RunConfig().to_dict()) == RunConfig()
+    assert RunConfig.from_dict(saved).model_config.output_bias_init == "base_rate"  # a user's TOML

@@ -82,8 +82,7 @@ def load_run(path: str | Path) -> LoadedRun:
         if not (path / required).is_file():
             raise ArtifactError(f"{path}: not a complete run directory ({required} is missing)")
     raw = json.loads((path / "config.json").read_text())
-    raw.pop("esmm_version", None)
-    config = RunConfig.from_dict(raw, where=str(path / "config.json"))
+    config = RunConfig.from_saved(raw, where=str(path / "config.json"))
     schema = Schema.load(path / "schema.json")
     spec = get_model_spec(config.model)
     model = spec.build(schema, config.model_config)

@@ -375,8 +375,7 @@ class Comparison:
 
     def _check_same_config(self, run_dir: Path, cfg: RunConfig) -> None:
         raw = json.loads((run_dir / "config.json").read_text())
-        raw.pop("esmm_version", None)
-        saved = RunConfig.from_dict(raw, where=str(run_dir / "config.json"))
+        saved = RunConfig.from_saved(raw, where=str(run_dir / "config.json"))
         # the progress display is not a setting of the run
         if saved.replace(progress=cfg.train.progress) != cfg:
             raise ConfigError(f"{run_dir}: trained with other settings than this comparison "

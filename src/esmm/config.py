@@ -111,6 +111,13 @@ class TrainConfig:
             raise ConfigError("train.early_stop_metric cannot be a calibration ratio")
 
 
+#: Settings a saved run lacks because it predates them, with the behaviour it was trained
+#: with (``output_bias_init`` arrived on 2026-12-04; before it, output biases started at 0).
+SAVED_CONFIG_LEGACY: dict[str, dict[str, Any]] = {
+    "model_config": {"output_bias_init": "zero"},
+}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a training run needs besides the data; saved as config.json."""
@@ -133,6 +140,15 @@ class RunConfig:
                    model_config=_from_dict(ModelConfig, data.get("model_config", {}),
                                            f"{where} [model_config]"),
                    train=_from_dict(TrainConfig, data.get("train", {}), f"{where} [train]"))
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any], where: str = "config.json") -> RunConfig:
+        """A run's saved ``config.json``: keys added to the configuration after the run was
+        written take the value that reproduces how it was trained, not today's default."""
+        data = {k: v for k, v in data.items() if k != "esmm_version"}
+        for section, legacy in SAVED_CONFIG_LEGACY.items():
+            data[section] = {**legacy, **data.get(section, {})}
+        return cls.from_dict(data, where=where)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
