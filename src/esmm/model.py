@@ -8,7 +8,7 @@ Every model maps a :class:`esmm.data.Batch` to a dict of named logits
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -57,8 +57,7 @@ class EmbeddingTable(nn.Module):
         """
         n = self.weight.shape[0]
         if ids.numel() * SORT_UNIQUE_FACTOR < n:
-            uniq, inverse = torch.unique(ids, return_inverse=True)
-            return uniq, inverse
+            return torch.unique(ids, return_inverse=True)
         if self._seen.shape[0] != n:
             self._seen = torch.zeros(n, dtype=torch.bool)
             self._slot = torch.zeros(n, dtype=torch.int64)
@@ -278,20 +277,31 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": torch.float32, "bf16": torc
 
 
 @contextmanager
-def scoring_precision(model: nn.Module, precision: str = "fp32") -> Iterator[None]:
-    """Within the block, ``model``'s towers score with hidden layers in ``precision``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    # every module with a set_hidden_dtype hook: the towers, and SharedTowers' fused first layer
-    hooked = [m for m in model.modules() if hasattr(m, "set_hidden_dtype")]
-    saved = [m.hidden_dtype for m in hooked]
-    for m in hooked:
-        m.set_hidden_dtype(PRECISIONS[precision])
+def _set_within(modules: list[nn.Module], get: Callable[[nn.Module], object],
+                put: Callable[[nn.Module, object], None], value: object) -> Iterator[None]:
+    """Within the block each module's setting is ``value``; its own value comes back after."""
+    saved = [get(m) for m in modules]
+    for m in modules:
+        put(m, value)
     try:
         yield
     finally:
-        for m, d in zip(hooked, saved):
-            m.set_hidden_dtype(d)
+        for m, old in zip(modules, saved):
+            put(m, old)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+
+
+def scoring_precision(model: nn.Module, precision: str = "fp32") -> ContextManager[None]:
+    """Within the block, ``model``'s towers score with hidden layers in ``precision``."""
+    _check_precision(precision)
+    # every module with a set_hidden_dtype hook: the towers, and SharedTowers' fused first layer
+    hooked = [m for m in model.modules() if hasattr(m, "set_hidden_dtype")]
+    return _set_within(hooked, lambda m: m.hidden_dtype,
+                       lambda m, d: m.set_hidden_dtype(d), PRECISIONS[precision])
 
 
 def base_rate_logits(split: EncodedSplit) -> dict[str, float]:
@@ -323,21 +333,12 @@ def fit_model_inputs(model: nn.Module, embeddings: list[FeatureEmbedding], split
         init_output_biases(model, split)
 
 
-@contextmanager
-def training_precision(model: nn.Module, precision: str = "fp32") -> Iterator[None]:
+def training_precision(model: nn.Module, precision: str = "fp32") -> ContextManager[None]:
     """Within the block, ``model``'s towers train with hidden layers in ``precision``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    dtype = None if precision == "fp32" else PRECISIONS[precision]
+    _check_precision(precision)
     towers = [m for m in model.modules() if isinstance(m, Tower)]
-    saved = [t.train_dtype for t in towers]
-    for t in towers:
-        t.train_dtype = dtype
-    try:
-        yield
-    finally:
-        for t, d in zip(towers, saved):
-            t.train_dtype = d
+    return _set_within(towers, lambda t: t.train_dtype, lambda t, d: setattr(t, "train_dtype", d),
+                       None if precision == "fp32" else PRECISIONS[precision])
 
 
 class SharedTowers(nn.Module):

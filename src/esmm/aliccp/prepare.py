@@ -39,11 +39,11 @@ import numpy as np
 from esmm.aliccp import stages
 from esmm.aliccp.fields import (ALL_FIELDS, CROSS_FIELDS, ITEM_FIELDS, MULTI_FIELDS,
                                 USER_FIELDS, USER_ID_FIELD, kind, value_column, weight_column)
-from esmm.malloc import keep_freed_memory
 from esmm.aliccp.report import REPORT_FILE, BadInputError, BadLines, format_summary
 from esmm.aliccp.sources import Member, Progress, has_split, split_members
 from esmm.aliccp.vocabfit import Counter, FieldVocab, count_ids
 from esmm.data import SCHEMA_FILE, SIDE_DIR, VOCAB_FILE
+from esmm.malloc import keep_freed_memory
 from esmm.schema import Feature, Schema
 
 ORPHAN_POLICIES = ("zero", "drop", "error")
