@@ -8,11 +8,11 @@ Python API (every CLI command is a thin layer over these):
 - :func:`esmm.predict.predict_file` / ``esmm predict``
 """
 
-import os as _os
+from esmm import cpu as _cpu
 
-# Idle OpenMP threads sleep instead of spinning. Measured on the 2-core machine with one other
-# busy process: 2 spinning threads trained at 2.9k rows/s, 2 sleeping threads at 14.5k (batch
-# 1024). Set before torch is imported; a user's own OMP_WAIT_POLICY wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How idle OpenMP threads wait is fixed when torch loads, so it is chosen here, before
+# any esmm module imports torch: spin when every core is free, sleep when another process
+# is busy (measured 2x either way; see esmm/cpu.py). A user's own OMP_WAIT_POLICY wins.
+_cpu.choose_wait_policy()
 
 __version__ = "0.1.0"

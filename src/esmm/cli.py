@@ -30,7 +30,7 @@ TRAIN_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--early-stop-metric", "early_stop_metric", str,
      "valid metric to early-stop on (default ctcvr_auc)"),
     ("--patience", "patience", int, "epochs without improvement before stopping (default 1)"),
-    ("--threads", "threads", int, "torch threads (default: all cores)"),
+    ("--threads", "threads", int, "torch threads (default: the cores idle at start)"),
     ("--precision", "precision", str,
      "fp32 (default) or bf16: the towers' hidden layers train in bfloat16 (mixed precision; "
      "fast only on CPUs with native bf16, e.g. AVX512_BF16/AMX)"),

@@ -88,7 +88,7 @@ class TrainConfig:
     early_stop_metric: str = "ctcvr_auc"
     patience: int = 1
     eval_batch_size: int = EVAL_BATCH_SIZE
-    threads: int = 0  # 0: every core torch sees
+    threads: int = 0  # 0: the cores idle when training starts (esmm.cpu.free_threads)
     progress: bool = True
     # "bf16": the towers' hidden layers train in bfloat16 (mixed precision: fp32 master
     # weights, optimiser state, embeddings, output layer and loss). About 2x the matrix

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from esmm.config import EVAL_BATCH_SIZE, TrainConfig
+from esmm.cpu import free_threads
 from esmm.data import EncodedSplit
 from esmm.metrics import evaluate_predictions, higher_is_better
 from esmm.malloc import keep_freed_memory
@@ -50,8 +50,12 @@ def set_seed(seed: int) -> None:
 
 
 def configure_threads(threads: int) -> None:
-    n = threads or os.cpu_count() or 1
-    torch.set_num_threads(n)
+    """``threads`` torch threads; 0: as many as there are idle cores now (at least one).
+
+    With another process busy on a core, fewer threads train faster than
+    threads that wait for a descheduled peer (esmm/cpu.py has the figures).
+    """
+    torch.set_num_threads(threads or free_threads())
 
 
 def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[Any]:
