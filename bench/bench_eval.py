@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+import esmm  # noqa: F401 -- first: it chooses how torch's OpenMP threads wait (esmm/cpu.py)
 import numpy as np
 import torch
 
