@@ -14,7 +14,8 @@ import pytest
 from esmm.aliccp.fake import FakeConfig, write_fake_raw
 from esmm.aliccp.fields import ALL_FIELDS, CROSS_FIELDS, MULTI_FIELDS, USER_FIELDS
 from esmm.aliccp.prepare import PrepareConfig, prepare
-from esmm.aliccp.rawformat import parse_block
+from esmm.aliccp import cscan
+from esmm.aliccp.rawformat import _scan_numpy, parse_block
 from esmm.aliccp.report import BAD_LINES_FILE, BadInputError
 from esmm.cli import main
 from esmm.data import load_schema, load_split, side_files, split_files
@@ -402,3 +403,38 @@ def test_user_features_are_stored_once_per_user(fake_raw, fake_prepared):
             x, y = a.batch(r), b.batch(r)
             for name in ("cat", "bag_ids", "bag_offsets", "bag_weights", "dense", "click"):
                 np.testing.assert_array_equal(getattr(x, name).numpy(), getattr(y, name).numpy())
+
+
+# --------------------------------------------------------------------------- compiled scanner
+
+
+def _same_scan(a, b) -> None:
+    for k in a.header:
+        assert a.header[k].dtype == b.header[k].dtype and np.array_equal(a.header[k], b.header[k]), k
+    for name in ("n_ent", "fkey", "fidx", "ids"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.array_equal(a.vals, b.vals)  # bit for bit: both read a value as Python's float()
+
+
+def test_compiled_scanner_agrees_with_numpy_path(fake_raw):
+    if not cscan.available():
+        pytest.skip("the C scanner was not built (no compiler at install time, or ESMM_NO_C_SCAN)")
+    odd = (b"5,1,1,0Ab,7,205\x0211\x031e-05\x01210\x0221\x03-2.5\x01210\x0222\x03.5\x01"
+           b"999\x021\x031.0\x01210\x0223\x032.\x01853\x020\x030.693147180559945309\x01"
+           b"210\x0224\x0312345678901234567890\n6,0,0,1,0,\n")
+    blocks = [(GOOD + odd, "skeleton"), (GOOD_COMMON, "common"),
+              ((fake_raw / "sample_skeleton_train.csv").read_bytes()[:3_000_000], "skeleton"),
+              ((fake_raw / "common_features_train.csv").read_bytes()[:3_000_000], "common")]
+    for raw, kind in blocks:
+        raw = raw[:raw.rindex(b"\n") + 1]
+        b = np.frombuffer(raw, np.uint8)
+        c_scan = cscan.scan(b, kind)
+        assert c_scan is not None
+        _same_scan(c_scan, _scan_numpy(b, kind))
+    # a bad line: the C path declines the block, the NumPy path names the line (a repeated
+    # single-valued field and an unknown user are found after the scan, by shared code)
+    for case, (line, _) in BAD_CASES.items():
+        if case not in ("unknown user", "single field twice"):
+            assert cscan.scan(np.frombuffer(GOOD + line, np.uint8), "skeleton") is None, case
+    assert cscan.scan(np.frombuffer(GOOD.replace(b"1.0\n", b"nan\n"), np.uint8),
+                      "skeleton") is None
