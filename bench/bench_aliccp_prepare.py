@@ -168,7 +168,10 @@ def main() -> None:
     raw_bytes = skel.stat().st_size + common.stat().st_size
     esmm = [sys.executable, "-m", "esmm", "aliccp", "prepare", "--force", "--workers",
             str(a.workers)]
-    res: dict = {"machine": {"cores": os.cpu_count(),
+    from esmm.aliccp import cscan
+
+    res: dict = {"scanner": "compiled" if cscan.available() else "numpy (ESMM_NO_C_SCAN or not built)",
+                 "machine": {"cores": os.cpu_count(),
                              "ram_gb": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30},
                  "raw": {"skeleton_mb": skel.stat().st_size / 1e6,
                          "common_mb": common.stat().st_size / 1e6}}
