@@ -52,9 +52,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 COMPETITORS = BENCH / "competitors"
-IMPLS = ("esmm", "esmm-bf16", "torch-rechub", "deepctr")
-#: esmm variants: the same library with a training option (esmm-bf16: --precision bf16)
-ESMM_PRECISION = {"esmm": "fp32", "esmm-bf16": "bf16"}
+IMPLS = ("esmm", "esmm-bf16", "esmm-dense", "torch-rechub", "deepctr")
+#: esmm variants: the same library with one training option changed. esmm-bf16: --precision
+#: bf16; esmm-dense: embeddings as ordinary parameters under dense Adam (model_config.sparse =
+#: false), the quality reference for the row-wise optimiser (no speed target).
+ESMM_VARIANTS = {"esmm": {"precision": "fp32", "sparse": True},
+                 "esmm-bf16": {"precision": "bf16", "sparse": True},
+                 "esmm-dense": {"precision": "fp32", "sparse": False}}
+TARGETED = ("esmm", "esmm-bf16")  # the variants held to --targets
 REFERENCE = "torch-rechub"
 CHILD_SCRIPTS = {"torch-rechub": COMPETITORS / "rechub_esmm.py",
                  "deepctr": COMPETITORS / "deepctr_esmm.py"}
@@ -278,10 +283,11 @@ def child_esmm(args: argparse.Namespace) -> None:
     setattr(training.Trainer, hook, timed)
     cfg = RunConfig(model="esmm",
                     model_config=ModelConfig(embedding_dim=args.embedding_dim,
-                                             tower=tuple(args.tower_sizes)),
+                                             tower=tuple(args.tower_sizes),
+                                             sparse=ESMM_VARIANTS[args.variant]["sparse"]),
                     train=TrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr,
                                       progress=False, threads=args.threads, seed=args.seed,
-                                      precision=args.precision))
+                                      precision=ESMM_VARIANTS[args.variant]["precision"]))
     start = time.perf_counter()
     metrics = api.train(args.data, args.work, cfg, force=True)
     total = time.perf_counter() - start
@@ -296,8 +302,8 @@ def child_esmm(args: argparse.Namespace) -> None:
     except PackageNotFoundError:
         esmm_version = "?"
     result = {
-        "impl": next(k for k, v in ESMM_PRECISION.items() if v == args.precision),
-        "library": "esmm", "library_version": esmm_version, "precision": args.precision,
+        "impl": args.variant, "library": "esmm", "library_version": esmm_version,
+        **ESMM_VARIANTS[args.variant],
         "torch_version": torch.__version__, "python": platform.python_version(),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size,
         "embedding_dim": args.embedding_dim, "tower": list(args.tower_sizes), "lr": args.lr,
@@ -351,9 +357,9 @@ def child_command(impl: str, args: argparse.Namespace, data_dir: Path, batch: in
     common = ["--data", str(data_dir), "--batch-size", str(batch), "--threads", str(args.threads),
               "--lr", repr(args.lr), "--seed", str(args.seed), "--work", str(work),
               "--result", str(result)]
-    if impl in ESMM_PRECISION:
+    if impl in ESMM_VARIANTS:
         return [sys.executable, str(Path(__file__).resolve()), "--child", "esmm",
-                "--precision", ESMM_PRECISION[impl],
+                "--variant", impl,
                 "--embedding-dim", str(args.embedding_dim), "--tower", args.tower, *common]
     return [str(args.competitor_venv / "bin" / "python"), str(CHILD_SCRIPTS[impl]),
             "--embedding-dim", str(args.embedding_dim), "--tower", args.tower, *common]
@@ -427,7 +433,7 @@ def format_table(rows: list[dict], meta: dict) -> str:
 def check_targets(rows: list[dict], targets: dict[int, float]) -> list[dict]:
     """esmm against torch-rechub: speed ratio, AUCs no worse, peak RSS no higher."""
     checks = []
-    for (b, want), impl in ((t, i) for t in targets.items() for i in ESMM_PRECISION):
+    for (b, want), impl in ((t, i) for t in targets.items() for i in TARGETED):
         mine = next((r for r in rows if r["impl"] == impl and r["batch_size"] == b and r["ok"]), None)
         ref = next((r for r in rows if r["impl"] == REFERENCE and r["batch_size"] == b and r["ok"]), None)
         if mine is None or ref is None:
@@ -510,7 +516,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="esmm", choices=sorted(ESMM_VARIANTS),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.test_rows is None:
         args.test_rows = max(1, args.rows // 5)
@@ -544,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {machine['loadavg_at_start']}", flush=True)
     data_dir, meta = ensure_data(args)
     competitor_versions = None
-    if any(i not in ESMM_PRECISION for i in args.impl_list):
+    if any(i not in ESMM_VARIANTS for i in args.impl_list):
         competitor_versions = ensure_competitor_venv(args)
         print(f"competitor venv: {competitor_versions}", flush=True)
 
