@@ -15,6 +15,13 @@ Shape, after the real data set and the real rows in shared/data/aliccp-samples:
 - ids live in disjoint per-field ranges of one global id space and follow
   Zipf-like popularity; a few rows have conversion=1 with click=0 as the real data does.
 
+Labels come from a hidden logistic model with signal a model can learn, so that a
+comparison on prepared fake data is not noise: click depends on the item, the position,
+cross feature 508 and the affinity of the user's segment (field 122) for the item's
+category (206); conversion on the item, the category, cross feature 509 and a segment x
+category affinity that is partly *opposite* to the click one (what users click is not
+what they buy: the selection bias ESMM is about).
+
 Everything is vectorised (NumPy ids, Arrow string kernels for the text).
 """
 
@@ -82,6 +89,10 @@ class _World:
         self.item_ints = zipf(rng, self.sizes["intent"], int(self.item_int_ptr[-1]), 1.5)
         self.item_ctr = rng.normal(0, 0.5, self.n_items)
         self.item_cvr = rng.normal(0, 0.5, self.n_items)
+        n_seg, n_cat = PROFILE_SIZES["122"], self.sizes["cat"]
+        self.seg_cat_ctr = rng.normal(0, 0.6, (n_seg, n_cat))
+        self.seg_cat_cvr = -0.4 * self.seg_cat_ctr + rng.normal(0, 0.6, (n_seg, n_cat))
+        self.cat_cvr = rng.normal(0, 0.6, n_cat)
 
 
 def zipf(rng: np.random.Generator, n: int, size: int, skew: float) -> np.ndarray:
@@ -129,7 +140,8 @@ def _write_split(out: Path, split: str, rows: int, cfg: FakeConfig, w: _World,
     row_cfi = np.repeat(np.arange(n_cfi), runs)
     with _open(out / f"sample_skeleton_{split}.csv", cfg) as f:
         for lo in range(0, rows, 100_000):
-            text, st = _skeleton_lines(lo, row_cfi[lo:lo + 100_000], keys, cfg, w, rng)
+            rc = row_cfi[lo:lo + 100_000]
+            text, st = _skeleton_lines(lo, rc, users[rc], keys, cfg, w, rng)
             f.write(text)
             for k, v in st.items():
                 stats[k] += v
@@ -184,8 +196,9 @@ def _common_lines(keys: np.ndarray, users: np.ndarray, cfg: FakeConfig, w: _Worl
     return _text([_hex(keys)], line, names, table, ids, vals, n)
 
 
-def _skeleton_lines(first: int, row_cfi: np.ndarray, keys: np.ndarray, cfg: FakeConfig,
-                    w: _World, rng: np.random.Generator) -> tuple[bytes, dict[str, int]]:
+def _skeleton_lines(first: int, row_cfi: np.ndarray, row_user: np.ndarray, keys: np.ndarray,
+                    cfg: FakeConfig, w: _World, rng: np.random.Generator
+                    ) -> tuple[bytes, dict[str, int]]:
     n = len(row_cfi)
     item = zipf(rng, w.n_items, n, 1.8)
     pos = rng.integers(0, w.sizes["pos"], n)
@@ -210,11 +223,13 @@ def _skeleton_lines(first: int, row_cfi: np.ndarray, keys: np.ndarray, cfg: Fake
         parts.append((rows, np.full(len(rows), table.index(f)), ids, vals))
         has_cross[f] = cnt > 0
     line, names, ids, vals = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    seg, cat = w.profile["122"][row_user], w.item_attr["cat"][item]
     logit = (math.log(cfg.click_rate / (1 - cfg.click_rate)) + w.item_ctr[item]
-             + np.array([0.4, 0.0, -0.4])[pos] + 0.5 * has_cross["508"] - 0.3)
+             + w.seg_cat_ctr[seg, cat] + np.array([0.4, 0.0, -0.4])[pos]
+             + 0.5 * has_cross["508"] - 0.5)
     click = rng.random(n) < 1 / (1 + np.exp(-logit))
     cl = (math.log(cfg.conversion_rate / (1 - cfg.conversion_rate)) + w.item_cvr[item]
-          + 0.4 * has_cross["509"] - 0.2)
+          + w.cat_cvr[cat] + w.seg_cat_cvr[seg, cat] + 0.4 * has_cross["509"] - 0.5)
     conv = click & (rng.random(n) < 1 / (1 + np.exp(-cl)))
     orphan = ~click & (rng.random(n) < cfg.orphan_rate)
     conv |= orphan
