@@ -28,7 +28,8 @@ import numpy as np
 
 from esmm.aliccp import cscan
 from esmm.aliccp.cscan import Scan
-from esmm.aliccp.fields import ALL_FIELDS, ITEM_FIELDS, MULTI_FIELDS, USER_FIELDS, field_key, key_name
+from esmm.aliccp.fields import (ALL_FIELDS, ITEM_FIELDS, MULTI_FIELDS, USER_FIELDS, field_key,
+                                key_name)
 
 NL, COMMA, SEP1, SEP2, SEP3 = 10, 44, 1, 2, 3
 KINDS = {"skeleton": (5, ITEM_FIELDS), "common": (2, USER_FIELDS)}
@@ -131,7 +132,7 @@ def _parse(b: np.ndarray, kind: str) -> Block:
 
 def _scan_numpy(b: np.ndarray, kind: str) -> Scan:
     """Every line's header and entry, vectorised; raises _Bad naming the lines that break a rule."""
-    n_commas, side = KINDS[kind]
+    n_commas = KINDS[kind][0]
     sep = np.flatnonzero(b < 45)  # \n, ',', 0x01-0x03 and every other byte that has no place here
     code = _CODE[b[sep]]
     ends, commas, s1, s2, s3, other = (sep[code == k] for k in range(6))
