@@ -55,3 +55,11 @@ def test_busy_machine_makes_threads_sleep(monkeypatch):
     monkeypatch.setattr(cpu, "idle_cores", lambda *a: 2.0)
     cpu.choose_wait_policy()
     assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_run_metrics_record_threads_and_wait_policy(tiny_world, tiny_config, tmp_path):
+    from esmm import api
+
+    metrics = api.train(tiny_world, tmp_path / "run", tiny_config)
+    assert metrics["threads"] >= 1
+    assert metrics["omp_wait_policy"] == cpu.decision and "by" in metrics["omp_wait_policy"]

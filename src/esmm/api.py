@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from esmm import cpu
 from esmm.artifacts import load_run, prepare_run_dir, save_run
 from esmm.config import EVAL_BATCH_SIZE, RunConfig
 from esmm.data import VOCAB_FILE, has_split, load_schema, load_split
@@ -41,6 +44,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: RunConfig | None = 
     metrics: dict[str, Any] = {
         "model": config.model, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
         "train_seconds": time.perf_counter() - start, "valid": fit.best_valid,
+        # what the speed depended on (esmm/cpu.py): worth having beside train_seconds
+        "threads": torch.get_num_threads(), "omp_wait_policy": dict(cpu.decision),
     }
     if evaluate_test and has_split(data_dir, "test"):
         metrics["test"] = evaluate_split(model, spec, load_split(data_dir, "test", schema),
