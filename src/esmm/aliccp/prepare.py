@@ -41,7 +41,7 @@ from esmm.aliccp.fields import (ALL_FIELDS, CROSS_FIELDS, ITEM_FIELDS, MULTI_FIE
                                 USER_FIELDS, USER_ID_FIELD, kind, value_column, weight_column)
 from esmm.aliccp.report import REPORT_FILE, BadInputError, BadLines, format_summary
 from esmm.aliccp.sources import Member, Progress, has_split, split_members
-from esmm.aliccp.vocabfit import Counter, FieldVocab, count_ids
+from esmm.aliccp.vocabfit import Counter, FieldVocab, count_bag_ids, count_ids
 from esmm.data import SCHEMA_FILE, SIDE_DIR, VOCAB_FILE
 from esmm.malloc import keep_freed_memory
 from esmm.schema import Feature, Schema
@@ -212,14 +212,13 @@ class _Run:
         m = self.cfg.min_count
         for f in ITEM_FIELDS:
             self.vocabs[f] = FieldVocab.fit(f, *counters[f].result(), m)
-        # serial on purpose: counting two fields at once in workers saved 0.4 s of 17 but
-        # added 0.7 GB to the peak (their sort temporaries)
-        stages.STATE.update(users=users, user_rows=user_rows)
+        # one field after another on purpose: counting two at once in the workers saved 0.4 s
+        # of 17 but added 0.7 GB to the peak (their sort temporaries)
         for f in USER_FIELDS:
             if f in MULTI_FIELDS:
-                self.vocabs[f] = FieldVocab.fit(f, *stages.count_user_bag(f), m)
-        for f in USER_FIELDS:
-            if f not in MULTI_FIELDS:
+                ptr, ids, _ = users["multi"][f]
+                self.vocabs[f] = FieldVocab.fit(f, *count_bag_ids(ptr, ids, user_rows), m)
+            else:
                 raw = users["single"][f]
                 self.vocabs[f] = FieldVocab.fit(f, *count_ids(raw, user_rows.astype(float)), m)
 

@@ -20,7 +20,7 @@ from esmm.aliccp.fields import (CROSS_FIELDS, ITEM_FIELDS, MULTI_FIELDS, USER_FI
                                 value_column, weight_column)
 from esmm.aliccp.rawformat import parse_block
 from esmm.aliccp.sources import Chunk
-from esmm.aliccp.vocabfit import Counter, count_ids
+from esmm.aliccp.vocabfit import count_ids
 
 STATE: dict[str, Any] = {}
 SLICE_ENTRIES = 8_000_000  # user-side bag entries per side-table shard
@@ -104,20 +104,6 @@ def count_chunk(task: tuple[int, int]) -> dict[str, Any]:
         else:
             out["counts"][f] = count_ids(d[f][rows])
     return out
-
-
-def count_user_bag(field: str) -> tuple[np.ndarray, np.ndarray]:
-    """Train counts of one multi-valued user field: each history id counts once per
-    impression of its user (``STATE["user_rows"]``), in slices of ~20M ids."""
-    ptr, ids, _ = STATE["users"]["multi"][field]
-    user_rows = STATE["user_rows"]
-    c = Counter()
-    step = max(1, len(user_rows) // max(1, len(ids) // 20_000_000 + 1))
-    for lo in range(0, len(user_rows), step):
-        hi = min(lo + step, len(user_rows))
-        weights = np.repeat(user_rows[lo:hi].astype(np.float64), np.diff(ptr[lo:hi + 1]))
-        c.add(*count_ids(ids[ptr[lo]:ptr[hi]], weights))
-    return c.result()
 
 
 def _list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:

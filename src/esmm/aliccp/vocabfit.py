@@ -33,6 +33,21 @@ def count_ids(ids: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.nd
     return uniq.astype(np.int64), np.rint(np.bincount(inv, weights=weights)).astype(np.int64)
 
 
+def count_bag_ids(ptr: np.ndarray, ids: np.ndarray, row_weights: np.ndarray,
+                  slice_ids: int = 20_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of the ids of a CSR bag column (rows ``ptr``, ``ids``), each id weighted by its
+    row's weight (a user line's number of impressions), in slices of about ``slice_ids`` ids
+    so the repeated weights stay small."""
+    n = len(row_weights)
+    step = max(1, n // max(1, len(ids) // slice_ids + 1))
+    c = Counter()
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        weights = np.repeat(row_weights[lo:hi].astype(np.float64), np.diff(ptr[lo:hi + 1]))
+        c.add(*count_ids(ids[ptr[lo]:ptr[hi]], weights))
+    return c.result()
+
+
 class Counter:
     """Running counts of one field, merged every few batches to bound memory."""
 
