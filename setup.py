@@ -2,7 +2,8 @@
 
 Everything else is declared in pyproject.toml. ``optional=True``: where no C compiler is
 found the install still succeeds and ``esmm aliccp prepare`` uses its NumPy parser
-(about 4x slower; ``esmm.aliccp.cscan.available()`` says which one runs).
+(measured 1.6x slower end to end, 2.3x on reading, docs/aliccp.md;
+``esmm.aliccp.cscan.available()`` says which one runs).
 """
 
 from setuptools import Extension, setup

@@ -45,6 +45,7 @@ def test_no_choice_once_torch_is_loaded():
 
 
 def test_busy_machine_makes_threads_sleep(monkeypatch):
+    monkeypatch.setattr(cpu, "decision", {})  # this process's own decision stays as it was
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setattr(cpu, "idle_cores", lambda *a: 0.9)

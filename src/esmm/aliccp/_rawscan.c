@@ -85,8 +85,8 @@ static inline int parse_plain_decimal(const uint8_t *p, const uint8_t *e, double
 
 /* kind 0: skeleton (sample_id,click,conversion,cfi,feature_num,list); 1: common (cfi,num,list).
  * Line outputs have room for max_lines, entry outputs for max_entries, odd-value outputs for
- * max_odd. fidx: the entry's field as an index into known_keys (-1: unknown). Returns SCAN_OK and the counts, or SCAN_BAD_LINE (*n_lines_out: its index) or
- * SCAN_FULL. */
+ * max_odd. fidx: the entry's field as an index into known_keys (-1: unknown). Returns
+ * SCAN_OK and the counts, or SCAN_BAD_LINE (*n_lines_out: its index) or SCAN_FULL. */
 int esmm_scan_block(const uint8_t *buf, int64_t len, int kind, int64_t max_lines,
                     int64_t max_entries, int64_t max_odd, const uint64_t *known_keys,
                     int64_t n_known, int64_t *sample_id, int8_t *click, int8_t *conversion,

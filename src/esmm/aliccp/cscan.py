@@ -10,18 +10,19 @@ only ever handles blocks whose every line is good.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from esmm.aliccp.fields import ALL_FIELDS, field_key
+from esmm.aliccp.fields import FIELD_KEYS
 
 SCAN_OK = 0
 MAX_ODD = 1 << 16  # values outside the exact fast path per block (signs, exponents)
 _KINDS = {"skeleton": 0, "common": 1}
-_KNOWN_KEYS = np.array([field_key(f) for f in ALL_FIELDS], dtype=np.uint64)
+_KNOWN_KEYS = np.array(FIELD_KEYS, dtype=np.uint64)
 
 
 @dataclass
@@ -50,6 +51,16 @@ def _library() -> ctypes.CDLL | None:
     lib.esmm_scan_block.restype = ctypes.c_int
     lib.esmm_scan_block.argtypes = [p, i64, ctypes.c_int, i64, i64, i64, p, i64] + [p] * 15
     return lib
+
+
+def read_float(raw: bytes) -> float | None:
+    """A value as Python's float() reads it; None unless finite and within float32 range
+    (values become float32 weights). The one reader of values off the fast paths."""
+    try:
+        v = float(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return v if math.isfinite(v) and abs(v) < 3e38 else None
 
 
 def available() -> bool:
@@ -90,11 +101,9 @@ def scan(b: np.ndarray, kind: str) -> Scan | None:
     n, n_entries, n_odd = (int(c[0]) for c in counts)
     vals = vals[:n_entries]
     if n_odd:
-        from esmm.aliccp.rawformat import _float_or_none
-
         entry, start, end = (a[:n_odd] for a in odd)
         for i, s, e in zip(entry.tolist(), start.tolist(), end.tolist()):
-            v = _float_or_none(b[s:e].tobytes())
+            v = read_float(b[s:e].tobytes())
             if v is None:
                 return None  # the NumPy path says which line and why
             vals[i] = v

@@ -48,5 +48,9 @@ def field_key(name: str) -> int:
     return int.from_bytes(raw.ljust(8, b"\0"), "little")
 
 
+#: field_key of every field, in ALL_FIELDS order: what both raw-line scanners match against
+FIELD_KEYS: tuple[int, ...] = tuple(field_key(f) for f in ALL_FIELDS)
+
+
 def key_name(key: int) -> str:
     return int(key).to_bytes(8, "little").rstrip(b"\0").decode("latin-1")

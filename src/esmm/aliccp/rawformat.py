@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from esmm.aliccp import cscan
-from esmm.aliccp.cscan import Scan
-from esmm.aliccp.fields import (ALL_FIELDS, ITEM_FIELDS, MULTI_FIELDS, USER_FIELDS, field_key,
+from esmm.aliccp.cscan import Scan, read_float
+from esmm.aliccp.fields import (ALL_FIELDS, FIELD_KEYS, ITEM_FIELDS, MULTI_FIELDS, USER_FIELDS,
                                 key_name)
 
 NL, COMMA, SEP1, SEP2, SEP3 = 10, 44, 1, 2, 3
 KINDS = {"skeleton": (5, ITEM_FIELDS), "common": (2, USER_FIELDS)}
-_FIELD_KEYS = np.array([field_key(f) for f in ALL_FIELDS], dtype=np.uint64)
+_FIELD_KEYS = np.array(FIELD_KEYS, dtype=np.uint64)
 _KEY_ORDER = np.argsort(_FIELD_KEYS)
 _SORTED_KEYS = _FIELD_KEYS[_KEY_ORDER]
 _HEX = np.full(256, 255, dtype=np.uint8)
@@ -347,18 +347,10 @@ def _fallback_floats(b: np.ndarray, start: np.ndarray, end: np.ndarray, vals: np
         return ok
     ok = ok.copy()
     for i in odd[:100000].tolist():
-        v = _float_or_none(bytes(b[start[i]:end[i]]))
+        v = read_float(bytes(b[start[i]:end[i]]))
         if v is not None:
             vals[i], ok[i] = v, True
     return ok
-
-
-def _float_or_none(raw: bytes) -> float | None:
-    try:
-        v = float(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return v if np.isfinite(v) and abs(v) < 3e38 else None
 
 
 def _field_keys(v: np.ndarray, start: np.ndarray, end: np.ndarray
@@ -408,7 +400,7 @@ def explain_line(line: bytes, kind: str) -> str | None:
             return f"empty part in entry {j}: {_show(e)}"
         if not _is_digits(fval, 18):
             return f"feature id is not a non-negative integer in entry {j}: {_show(fval)}"
-        if _float_or_none(val) is None:
+        if read_float(val) is None:
             return f"value is not a number in entry {j}: {_show(val)}"
         seen[fid] = seen.get(fid, 0) + 1
     if int(head["feature_num"]) != len(entries):
