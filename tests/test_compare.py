@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,44 @@ def test_compare_on_data_without_ground_truth(tiny_world, tiny_config, tmp_path)
     assert "CVR AUC (clicked)" in report and "entire space vs truth |" not in report
     assert "oracle (true propensities)" not in report
     assert (tmp_path / "r" / "calibration_cvr.png").is_file()
+
+
+def test_parallel_jobs_give_the_sequential_numbers_and_keep_the_protocol(
+        tiny_world, tiny_config, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(compare_mod.SEARCH_SPACES, "oversampling",
+                        ("oversampling-k2", "oversampling-k10"))
+    cfg = tiny_config.replace(epochs=1)
+    models, seeds = ("oversampling", "esmm"), (0, 1)
+    one = compare(tiny_world, tmp_path / "one", models=models, seeds=seeds, config=cfg,
+                  plots=False, stream=None)
+    # the parent plans (searches included); the workers, separate processes, only train
+    two = compare(tiny_world, tmp_path / "two", models=models, seeds=seeds, config=cfg,
+                  plots=False, jobs=2, stream=sys.stderr)
+    err = capsys.readouterr().err
+    assert "training 7 runs, 2 at a time (1 torch thread(s) each)" in err
+    assert "evaluating every run on test" in err and "trained by a worker" in err
+    assert two["search"]["oversampling"]["chosen"] == one["search"]["oversampling"]["chosen"]
+    key = [(r["variant"], r["seed"]) for r in one["runs"]]
+    assert [(r["variant"], r["seed"]) for r in two["runs"]] == key
+    assert [r["test"] for r in two["runs"]] == [r["test"] for r in one["runs"]]
+    assert two["reference_ctr"]["1"]["test"] == one["reference_ctr"]["1"]["test"]
+    # the candidate that lost the search was never looked at on test
+    lost = ({"oversampling-k2", "oversampling-k10"} - {two["search"]["oversampling"]["chosen"]}).pop()
+    assert "test" not in json.loads((tmp_path / "two" / "runs" / f"{lost}-seed0" /
+                                     "metrics.json").read_text())
+    # resuming a parallel comparison sequentially trains nothing
+    calls = _count_trainings(monkeypatch)
+    again = compare(tiny_world, tmp_path / "two", models=models, seeds=seeds, config=cfg,
+                    plots=False, resume=True, stream=None)
+    assert calls == [] and [r["test"] for r in again["runs"]] == [r["test"] for r in one["runs"]]
+
+
+def test_a_model_failing_in_a_worker_is_reported_and_the_rest_go_on(
+        tiny_world, tiny_config, tmp_path) -> None:
+    # an unknown early-stopping metric raises once training has started, in the worker
+    res = compare(tiny_world, tmp_path / "r", models=("esmm",), seeds=(0,),
+                  config=tiny_config.replace(epochs=1, early_stop_metric="no_such_metric"),
+                  plots=False, jobs=2, stream=None)
+    (run,) = res["runs"]
+    assert run["status"] == "failed" and "no_such_metric" in run["error"]
+    assert "Traceback" in (tmp_path / "r" / "runs" / "esmm-seed0" / "error.txt").read_text()

@@ -30,6 +30,11 @@ A run that raises is recorded with its error and the comparison goes on; with
 ``resume`` a run whose ``metrics.json`` exists is read back instead of trained,
 so an interrupted comparison continues where it stopped, and re-running it only
 rebuilds the report. Runs are seeded, so the same command gives the same numbers.
+
+With ``jobs`` > 1 the trainings run first, that many at a time in worker
+processes (a search's other seeds start as soon as its candidates are scored);
+the usual sequential pass then only evaluates them on test, in the same order,
+so the report does not depend on ``jobs``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import shlex
 import sys
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,6 +56,7 @@ import numpy as np
 from esmm import __version__
 from esmm.cli import TRAIN_OPTIONS, add_training_options, resolve_run_config
 from esmm.config import ConfigError, RunConfig
+from esmm.cpu import free_threads
 from esmm.registry import AMAN_RATES_PERCENT, MODELS, OVERSAMPLING_COPIES
 from esmm.report import TABLE_METRICS
 
@@ -124,6 +131,50 @@ class Progress:
     def skip(self, n: int) -> None:
         self.done += n
 
+    def finished(self, label: str, seconds: float, message: str, workers: int) -> None:
+        """One training of the parallel stage ended (``workers`` run at once)."""
+        self.done += 1
+        self.trained += 1
+        self.trained_seconds += seconds
+        if self.stream is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = _fmt_seconds(self.trained_seconds / self.trained * (self.total - self.done)
+                           / workers)
+        print(f"[{self.done}/{self.total}] {label} {message}; elapsed {_fmt_seconds(elapsed)}, "
+              f"ETA {eta}", file=self.stream, flush=True)
+
+
+def _finite(scores: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
+
+
+def _choose(scores: dict[str, float]) -> str | None:
+    """The search's candidate with the best valid score; ties go to the first listed."""
+    return max(scores, key=lambda v: scores[v]) if scores else None
+
+
+class _WorkerError(Exception):
+    """A training that failed in a worker process, with the worker's traceback."""
+
+    def __init__(self, error: str, traceback_text: str) -> None:
+        super().__init__(error)
+        self.traceback = traceback_text
+
+
+def _train_in_worker(data_dir: Path, run_dir: Path, config: RunConfig) -> dict[str, Any]:
+    """One training in a worker process: ``{"metrics": ...}`` or ``{"error", "traceback"}``.
+
+    Errors come back as text rather than as exceptions, so that a model that fails
+    is reported like in the sequential pass, with its traceback in ``error.txt``.
+    """
+    from esmm.api import train
+
+    try:
+        return {"metrics": train(data_dir, run_dir, config, force=True, evaluate_test=False)}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
 
 # --------------------------------------------------------------------------- one run
 
@@ -142,13 +193,17 @@ class Comparison:
     command: str | None = None
     notes: str | None = None
     plots: bool = True
+    jobs: int = 1
     stream: TextIO | None = field(default_factory=lambda: sys.stderr)
     # filled in by run()
+    #: (variant, seed) -> None (trained in a worker) or the worker's error
+    _parallel: dict[tuple[str, int], tuple[str, str] | None] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
     search: dict[str, dict[str, Any]] = field(default_factory=dict)
     reference: dict[int, dict[str, Any]] = field(default_factory=dict)
     _test_split: Any = None
     _reference_p_ctr: dict[int, np.ndarray] = field(default_factory=dict)
+    _searched: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.data_dir, self.out_dir = Path(self.data_dir), Path(self.out_dir)
@@ -164,6 +219,8 @@ class Comparison:
             raise ConfigError("at least one seed is needed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds listed twice: {list(self.seeds)}")
+        if self.jobs < 1:
+            raise ConfigError(f"jobs must be >= 1, got {self.jobs}")
 
     # ---- the plan
 
@@ -211,8 +268,10 @@ class Comparison:
                 raise ConfigError(f"{self.data_dir}: no {split} split; compare needs train, "
                                   "valid (early stopping and searches) and test")
         self._check_out_dir()
-        progress = Progress(self.n_jobs(), self.stream)
         started = time.perf_counter()
+        if self.jobs > 1:
+            self._train_in_parallel()
+        progress = Progress(self.n_jobs(), self.stream)
         chosen: dict[str, str | None] = {}
         # Seed-major order: after the first pass every model has one result, which is
         # what the report's plots need, and an interrupted comparison is balanced.
@@ -238,6 +297,85 @@ class Comparison:
         self._write(results)
         return results
 
+    def _train_in_parallel(self) -> None:
+        """Train every run the comparison needs, ``jobs`` at a time, in worker processes.
+
+        Only training happens here; :meth:`run`'s sequential pass then finds the
+        runs in ``_parallel`` and evaluates them on test. Searched models' other
+        seeds are queued as soon as every candidate of the search has ended.
+        """
+        if self.config.train.threads == 0:  # "the idle cores", shared out between the workers
+            self.config = self.config.replace(threads=max(1, free_threads() // self.jobs))
+        queue: list[tuple[str, int]] = []
+        for seed in self.seeds:
+            if self.needs_reference:
+                queue.append((REFERENCE_CTR_MODEL, seed))
+            for model in self.models:
+                if model not in SEARCH_SPACES:
+                    queue.append((model, seed))
+                elif seed == self.search_seed:
+                    queue.extend((v, seed) for v in SEARCH_SPACES[model])
+        searching = {m: set(SEARCH_SPACES[m]) for m in self.models if m in SEARCH_SPACES}
+        progress = Progress(self.n_jobs(), self.stream)
+        if self.stream is not None:
+            print(f"training {self.n_jobs()} runs, {self.jobs} at a time "
+                  f"({self.config.train.threads} torch thread(s) each)", file=self.stream,
+                  flush=True)
+
+        def search_ended(variant: str) -> list[tuple[str, int]]:
+            """The runs a search that has just scored its last candidate lets start."""
+            for model, left in searching.items():
+                left.discard(variant)
+                if not left and model not in self._searched:
+                    self._searched.add(model)
+                    scores = {}
+                    for v in SEARCH_SPACES[model]:
+                        f = self._run_dir(v, self.search_seed) / "metrics.json"
+                        if f.is_file():
+                            scores[v] = json.loads(f.read_text())["valid"].get(SEARCH_METRIC)
+                    best = _choose(_finite(scores))
+                    if best is not None:
+                        return [(best, s) for s in self.seeds if s != self.search_seed]
+            return []
+
+        import multiprocessing
+
+        # spawn, not fork: the parent may hold torch's OpenMP threads, which a fork breaks
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
+            running: dict[Future[dict[str, Any]], tuple[str, int, float]] = {}
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    variant, seed = queue.pop(0)
+                    run_dir = self._run_dir(variant, seed)
+                    if self.resume and (run_dir / "metrics.json").is_file():
+                        progress.skip(1)  # read back by the sequential pass
+                        queue.extend(search_ended(variant))
+                        continue
+                    fut = pool.submit(_train_in_worker, self.data_dir, run_dir,
+                                      self.run_config(variant, seed))
+                    running[fut] = (variant, seed, time.perf_counter())
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    variant, seed, start = running.pop(fut)
+                    seconds = time.perf_counter() - start
+                    out = fut.result()
+                    label = f"model={variant} seed={seed}"
+                    if "error" in out:
+                        self._parallel[variant, seed] = (out["error"], out["traceback"])
+                        progress.finished(label, seconds, f"FAILED: {out['error']}", self.jobs)
+                    else:
+                        self._parallel[variant, seed] = None
+                        m = out["metrics"]
+                        shown = ", ".join(f"valid {k} {m['valid'][k]:.4f}"
+                                          for k in ("cvr_auc", "ctcvr_auc", "ctr_auc")
+                                          if k in m["valid"])
+                        progress.finished(label, seconds, f"trained in {_fmt_seconds(seconds)} "
+                                          f"(best epoch {m['best_epoch']}): {shown}", self.jobs)
+                    queue.extend(search_ended(variant))
+        if self.stream is not None:
+            print("evaluating every run on test", file=self.stream, flush=True)
+
     def _search(self, model: str, progress: Progress) -> str | None:
         seed = self.search_seed
         candidates: dict[str, dict[str, Any]] = {}
@@ -248,9 +386,9 @@ class Comparison:
                                    "error": rec.get("error"), "run_dir": rec["run_dir"],
                                    "best_epoch": rec.get("best_epoch")}
         scored = {v: c["valid_" + SEARCH_METRIC] for v, c in candidates.items()
-                  if c["status"] == "ok" and c["valid_" + SEARCH_METRIC] is not None
-                  and math.isfinite(c["valid_" + SEARCH_METRIC])}
-        best = max(scored, key=lambda v: scored[v]) if scored else None  # ties: first listed
+                  if c["status"] == "ok"}
+        scored = _finite(scored)
+        best = _choose(scored)
         entry: dict[str, Any] = {"metric": f"valid {SEARCH_METRIC}", "seed": seed,
                                  "candidates": candidates, "chosen": best}
         if best is None:
@@ -333,6 +471,17 @@ class Comparison:
         record = self._base_record(model, variant, seed)
         metrics_file = run_dir / "metrics.json"
         try:
+            if (variant, seed) in self._parallel:
+                failure = self._parallel[variant, seed]
+                if failure is not None:
+                    raise _WorkerError(*failure)
+                metrics = json.loads(metrics_file.read_text())
+                if not search:
+                    metrics = self._test_metrics(run_dir, variant, seed, metrics)
+                record.update(self._from_metrics(metrics))
+                progress.end(None, f"trained by a worker in {_fmt_seconds(metrics['train_seconds'])}"
+                             f" (best epoch {metrics['best_epoch']}): {self._shown(metrics, search)}")
+                return record
             if self.resume and metrics_file.is_file():
                 self._check_same_config(run_dir, cfg)
                 metrics = json.loads(metrics_file.read_text())
@@ -347,19 +496,25 @@ class Comparison:
                 metrics = self._test_metrics(run_dir, variant, seed, metrics)
             seconds = time.perf_counter() - start
             record.update(self._from_metrics(metrics))
-            shown = f"valid {SEARCH_METRIC} {metrics['valid'][SEARCH_METRIC]:.4f}" if search \
-                else ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in
-                               [*(k for k, _ in TABLE_METRICS), "ctr_auc"]
-                               if k in metrics.get("test", {}))
             progress.end(seconds, f"done in {_fmt_seconds(seconds)} (best epoch "
-                         f"{metrics['best_epoch']}): {shown}")
+                         f"{metrics['best_epoch']}): {self._shown(metrics, search)}")
         except Exception as e:  # one failing model must not stop the others
-            error = f"{type(e).__name__}: {e}"
+            error = str(e) if isinstance(e, _WorkerError) else f"{type(e).__name__}: {e}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(traceback.format_exc())
+            (run_dir / "error.txt").write_text(
+                e.traceback if isinstance(e, _WorkerError) else traceback.format_exc())
             record.update(status="failed", error=error)
             progress.end(0.0, f"FAILED: {error} (traceback in {run_dir / 'error.txt'})")
         return record
+
+    @staticmethod
+    def _shown(metrics: dict[str, Any], search: bool) -> str:
+        """What a progress line says of a finished run."""
+        if search:
+            return f"valid {SEARCH_METRIC} {metrics['valid'][SEARCH_METRIC]:.4f}"
+        return ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in
+                         [*(k for k, _ in TABLE_METRICS), "ctr_auc"]
+                         if k in metrics.get("test", {}))
 
     def _final_from_search(self, model: str, variant: str, seed: int) -> dict[str, Any]:
         run_dir = self._run_dir(variant, seed)
@@ -376,8 +531,9 @@ class Comparison:
     def _check_same_config(self, run_dir: Path, cfg: RunConfig) -> None:
         raw = json.loads((run_dir / "config.json").read_text())
         saved = RunConfig.from_saved(raw, where=str(run_dir / "config.json"))
-        # the progress display is not a setting of the run
-        if saved.replace(progress=cfg.train.progress) != cfg:
+        # the progress display and the thread count (how fast, not what is learnt) are
+        # not settings of the run; --jobs changes the threads a run gets
+        if saved.replace(progress=cfg.train.progress, threads=cfg.train.threads) != cfg:
             raise ConfigError(f"{run_dir}: trained with other settings than this comparison "
                               f"({run_dir / 'config.json'}); use --force to train it again")
 
@@ -452,9 +608,11 @@ def compare(data_dir: str | Path, out_dir: str | Path, *,
             models: tuple[str, ...] = PAPER_MODELS, seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
             config: RunConfig | None = None, resume: bool = False, force: bool = False,
             command: str | None = None, notes: str | None = None, plots: bool = True,
-            stream: TextIO | None | str = "stderr") -> dict[str, Any]:
+            jobs: int = 1, stream: TextIO | None | str = "stderr") -> dict[str, Any]:
     """Train and evaluate every model with every seed; write REPORT (see module docstring).
 
+    ``jobs`` trainings run at once in worker processes (1: all in this process);
+    with ``threads`` 0 in ``config`` each gets its share of the idle cores.
     Progress lines go to ``stream`` (``"stderr"``: the current ``sys.stderr``; None: silent).
     Returns the contents of ``results.json``.
     """
@@ -462,7 +620,7 @@ def compare(data_dir: str | Path, out_dir: str | Path, *,
         stream = sys.stderr
     return Comparison(Path(data_dir), Path(out_dir), tuple(models), tuple(seeds),
                       config or RunConfig(), resume=resume, force=force, command=command,
-                      notes=notes, plots=plots, stream=stream).run()
+                      notes=notes, plots=plots, jobs=jobs, stream=stream).run()
 
 
 # --------------------------------------------------------------------------- CLI
@@ -492,6 +650,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="train again runs that already finished")
     p.add_argument("--notes", help="markdown file whose text becomes the report's discussion")
     p.add_argument("--no-plots", action="store_true", help="write report.md and results.json only")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="trainings at once, each in its own process (default 1); the numbers "
+                   "do not depend on it. With --jobs N give --threads too, or each run gets "
+                   "1/N of the idle cores")
     p.set_defaults(handler=_run_compare)
 
 
@@ -508,6 +670,8 @@ def command_line(a: argparse.Namespace) -> str:
     for flag in ("no_progress", "no_plots"):
         if getattr(a, flag):
             parts.append("--" + flag.replace("_", "-"))
+    if getattr(a, "jobs", 1) != 1:
+        parts += ["--jobs", str(a.jobs)]
     if a.notes:
         parts += ["--notes", str(a.notes)]
     return shlex.join(parts)
@@ -522,7 +686,7 @@ def _run_compare(a: argparse.Namespace) -> int:
     notes = Path(a.notes).read_text() if a.notes else None
     results = compare(a.data, a.out, models=tuple(a.models), seeds=tuple(range(a.seeds)),
                       config=cfg, resume=a.resume, force=a.force, command=command_line(a),
-                      notes=notes, plots=not a.no_plots)
+                      notes=notes, plots=not a.no_plots, jobs=a.jobs)
     print(report.format_text_table(results))
     print(f"\nreport in {Path(a.out) / report.REPORT_FILE}")
     failed = [r for r in results["runs"] if r["status"] != "ok"]
