@@ -105,6 +105,7 @@ class Progress:
 
     total: int
     stream: TextIO | None = field(default_factory=lambda: sys.stderr)
+    timing: bool = True  # False: no elapsed/ETA (the test pass after parallel training)
     done: int = 0
     trained: int = 0
     trained_seconds: float = 0.0
@@ -112,6 +113,9 @@ class Progress:
 
     def begin(self, label: str) -> None:
         if self.stream is None:
+            return
+        if not self.timing:
+            print(f"[{self.done + 1}/{self.total}] {label}", file=self.stream, flush=True)
             return
         elapsed = time.perf_counter() - self.start
         left = self.total - self.done
@@ -271,7 +275,7 @@ class Comparison:
         started = time.perf_counter()
         if self.jobs > 1:
             self._train_in_parallel()
-        progress = Progress(self.n_jobs(), self.stream)
+        progress = Progress(self.n_jobs(), self.stream, timing=self.jobs == 1)
         chosen: dict[str, str | None] = {}
         # Seed-major order: after the first pass every model has one result, which is
         # what the report's plots need, and an interrupted comparison is balanced.
