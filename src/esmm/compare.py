@@ -356,8 +356,9 @@ class Comparison:
                         progress.skip(1)  # read back by the sequential pass
                         queue.extend(search_ended(variant))
                         continue
+                    # no per-batch bars: N workers' bars would interleave on one terminal
                     fut = pool.submit(_train_in_worker, self.data_dir, run_dir,
-                                      self.run_config(variant, seed))
+                                      self.run_config(variant, seed).replace(progress=False))
                     running[fut] = (variant, seed, time.perf_counter())
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
