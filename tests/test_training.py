@@ -77,6 +77,63 @@ def test_early_stopping_keeps_the_best_epoch_weights(tiny_world, tiny_config) ->
         assert len(result.history) == result.best_epoch + 1
 
 
+def test_several_validations_per_epoch_keep_the_best_checks_weights(tiny_world,
+                                                                    tiny_config) -> None:
+    from esmm.registry import get_model_spec
+    from esmm.training import evaluate_split
+
+    spec = get_model_spec("esmm")
+    train_split, valid = load_split(tiny_world, "train"), load_split(tiny_world, "valid")
+    n_batches = -(-len(train_split) // 128)
+    assert n_batches >= 8  # enough steps for four distinct checks
+    torch.manual_seed(0)
+    model = spec.build(train_split.schema, tiny_config.model_config)
+    cfg = tiny_config.train.__class__(**{**tiny_config.train.__dict__, "epochs": 3,
+                                         "lr": 0.05, "patience": 100, "batch_size": 128,
+                                         "validations_per_epoch": 4})
+    result = Trainer(model, spec, cfg).fit(train_split, valid)
+    checks = [c for r in result.history for c in r["validations"]]
+    # four checks per epoch, evenly spaced by steps, the last at the epoch's end
+    bounds = [-(-j * n_batches // 4) / n_batches for j in (1, 2, 3, 4)]
+    assert [c["position"] for c in checks] == pytest.approx(
+        [e + b for e in range(3) for b in bounds], abs=1e-6)
+    assert [r["valid"] for r in result.history] == [r["validations"][-1]["valid"]
+                                                   for r in result.history]
+    scores = [c["valid"]["ctcvr_auc"] for c in checks]
+    best = checks[int(np.argmax(scores))]
+    assert result.best_epoch == pytest.approx(best["position"])
+    # the weights kept are the best check's: scoring them again gives its valid metrics
+    again = evaluate_split(model, spec, valid, cfg.eval_batch_size)
+    assert again["ctcvr_auc"] == pytest.approx(best["valid"]["ctcvr_auc"], abs=1e-9)
+
+
+def test_patience_counts_validations_and_can_stop_mid_epoch(tiny_world, tiny_config) -> None:
+    from esmm.registry import get_model_spec
+
+    spec = get_model_spec("esmm")
+    train_split, valid = load_split(tiny_world, "train"), load_split(tiny_world, "valid")
+    torch.manual_seed(0)
+    model = spec.build(train_split.schema, tiny_config.model_config)
+    cfg = tiny_config.train.__class__(**{**tiny_config.train.__dict__, "epochs": 6,
+                                         "lr": 0.05, "patience": 0, "batch_size": 128,
+                                         "validations_per_epoch": 3})
+    result = Trainer(model, spec, cfg).fit(train_split, valid)
+    checks = [c for r in result.history for c in r["validations"]]
+    scores = [c["valid"]["ctcvr_auc"] for c in checks]
+    assert result.stopped_early
+    # patience 0: training ends at the first check that does not improve on the best
+    first_worse = next(i for i in range(1, len(scores)) if scores[i] <= max(scores[:i]))
+    assert len(checks) == first_worse + 1
+    assert result.best_epoch == pytest.approx(checks[int(np.argmax(scores))]["position"])
+
+
+def test_validations_per_epoch_must_be_positive() -> None:
+    from esmm.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="validations_per_epoch"):
+        TrainConfig(validations_per_epoch=0)
+
+
 def test_cli_synth_train_evaluate(tmp_path, capsys) -> None:
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(["synth", "--out", str(data), "--rows", "5000", "--seed", "3"]) == 0

@@ -29,7 +29,10 @@ TRAIN_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--lr", "lr", float, "Adam learning rate (default 2e-3)"),
     ("--early-stop-metric", "early_stop_metric", str,
      "valid metric to early-stop on (default ctcvr_auc)"),
-    ("--patience", "patience", int, "epochs without improvement before stopping (default 1)"),
+    ("--patience", "patience", int,
+     "validations without improvement before stopping (default 1)"),
+    ("--validations-per-epoch", "validations_per_epoch", int,
+     "valid checks per epoch, evenly spaced; the best check's weights are kept (default 1)"),
     ("--threads", "threads", int, "torch threads (default: the cores idle at start)"),
     ("--precision", "precision", str,
      "fp32 (default) or bf16: the towers' hidden layers train in bfloat16 (mixed precision; "

@@ -86,7 +86,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     early_stop_metric: str = "ctcvr_auc"
-    patience: int = 1
+    patience: int = 1  # validations without improvement before stopping
+    # validations per epoch, evenly spaced in its steps: on large data one epoch may be
+    # the whole budget, and two tasks (ESMM's) may peak mid-epoch
+    validations_per_epoch: int = 1
     eval_batch_size: int = EVAL_BATCH_SIZE
     threads: int = 0  # 0: the cores idle when training starts (esmm.cpu.free_threads)
     progress: bool = True
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ConfigError("train.lr and train.embedding_lr must be > 0")
         if self.patience < 0:
             raise ConfigError("train.patience must be >= 0")
+        if self.validations_per_epoch < 1:
+            raise ConfigError("train.validations_per_epoch must be >= 1")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.early_stop_metric.startswith("calibration"):

@@ -222,11 +222,20 @@ def other_metrics_table(results: dict[str, Any]) -> str:
         cells = [display_name(model, search)]
         cells += [_cell(m["metrics"].get(k)) for k, _ in OTHER_METRICS]
         ep = m["metrics"].get("best_epoch", {}).get("values", [])
-        cells.append(",".join(str(int(e)) for e in ep) or "–")
+        cells.append(",".join(f"{e:g}" for e in ep) or "–")
         ts = m["metrics"].get("train_seconds", {}).get("mean")
         cells.append(f"{ts / 60:.1f}" if ts is not None else "–")
         rows.append(cells)
     return markdown_table(heading, rows)
+
+
+def _stopping_text(train: dict[str, Any]) -> str:
+    k = train.get("validations_per_epoch", 1)
+    if k == 1:
+        return f"early stopping (patience {train['patience']}, the best epoch's weights kept)"
+    return (f"{k} validations per epoch, early stopping (patience {train['patience']} "
+            "validations, the best validation's weights kept; best epochs below are positions "
+            "in epochs, 1.5 = half-way through the second)")
 
 
 def search_table(results: dict[str, Any]) -> str:
@@ -340,7 +349,7 @@ def markdown_report(results: dict[str, Any], plots: list[str], notes: str | None
               f"Every model has the same embedding ({mc['embedding_dim']}) and towers "
               f"({'-'.join(map(str, mc['tower']))}, ReLU) and the same training settings: "
               f"at most {train['epochs']} epoch(s), batch {train['batch_size']}, lr {train['lr']}, "
-              f"early stopping (patience {train['patience']}, the best epoch's weights kept) on "
+              + _stopping_text(train) + " on "
               f"valid `{train['early_stop_metric']}` for ESMM and ESMM-NS and on valid "
               "`cvr_auc` for the other models (their CVR network is what they contribute). "
               "Each seed changes the "

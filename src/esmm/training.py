@@ -9,11 +9,12 @@ for predictions. Behaviour is extended through :class:`Callback` hooks, not
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -113,9 +114,36 @@ def evaluate_split(model: nn.Module, spec: ModelSpec, split: EncodedSplit,
 @dataclass
 class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
+    #: the epoch of the kept weights; with several validations per epoch the position in
+    #: epochs (1.5: half-way through the second), a whole number at an epoch's end
+    best_epoch: float | None = None
     best_valid: dict[str, float] | None = None
     stopped_early: bool = False
+
+
+class _EarlyStopping:
+    """The best valid score so far, its weights, and whether patience has run out."""
+
+    def __init__(self, metric: str, patience: int) -> None:
+        self.metric, self.patience = metric, patience
+        self.sign = 1.0 if higher_is_better(metric) else -1.0
+        self.best_score, self.best_state, self.bad = -math.inf, None, 0
+        self.best_position: float | None = None
+        self.best_valid: dict[str, float] | None = None
+
+    def update(self, model: nn.Module, vm: dict[str, float], position: float) -> bool:
+        """Record one validation; True when training should stop."""
+        if self.metric not in vm:
+            raise KeyError(f"early-stop metric {self.metric!r} is not reported; "
+                           f"choose one of {sorted(vm)}")
+        score = self.sign * vm[self.metric]
+        if score > self.best_score:
+            self.best_score, self.bad = score, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.best_position, self.best_valid = position, vm
+        else:
+            self.bad += 1
+        return self.bad > self.patience
 
 
 class Trainer:
@@ -139,23 +167,25 @@ class Trainer:
             opt.step()
         return loss.item()
 
-    def train_epoch(self, train: EncodedSplit, epoch: int, rng: np.random.Generator
-                    ) -> dict[str, float]:
+    def train_epoch(self, train: EncodedSplit, epoch: int, rng: np.random.Generator,
+                    check: Callable[[int, int], bool] | None = None) -> dict[str, float]:
+        """One pass over ``train``; ``check(step, n_batches)`` after every step, which
+        ends the epoch early by returning True (early stopping within an epoch)."""
         self.model.train()
         n_batches = math.ceil(len(train) / self.cfg.batch_size)
         bar = _progress(n_batches, f"epoch {epoch}", self.cfg.progress)
         start = time.perf_counter()
         batches = train.iter_batches(self.cfg.batch_size, shuffle=True, rng=rng)
         with training_precision(self.model, self.cfg.precision):
-            total, count = self._run_batches(batches, epoch, bar, start)
+            total, count = self._run_batches(batches, epoch, bar, start, n_batches, check)
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
         return {"train_loss": total / max(1, count), "seconds": seconds,
                 "samples_per_s": count / max(1e-9, seconds)}
 
-    def _run_batches(self, batches: Any, epoch: int, bar: Any, start: float
-                     ) -> tuple[float, int]:
+    def _run_batches(self, batches: Any, epoch: int, bar: Any, start: float, n_batches: int,
+                     check: Callable[[int, int], bool] | None) -> tuple[float, int]:
         total, count = 0.0, 0
         for step, batch in enumerate(batches):
             loss = self.train_step(batch)
@@ -170,50 +200,69 @@ class Trainer:
                 if step % 20 == 0:
                     rate = count / max(1e-9, time.perf_counter() - start)
                     bar.set_postfix(loss=f"{total / count:.4f}", rows_s=f"{rate:,.0f}")
+            if check is not None and check(step, n_batches):
+                break
         return total, count
 
     def fit(self, train: EncodedSplit, valid: EncodedSplit | None = None) -> FitResult:
-        """Train for ``cfg.epochs``, validating on ``valid`` after each epoch.
+        """Train for ``cfg.epochs``, validating on ``valid`` ``cfg.validations_per_epoch``
+        times per epoch (evenly spaced in its steps, the last at its end).
 
         With a valid split, training stops once ``early_stop_metric`` has not
-        improved for ``patience`` epochs, and the best epoch's weights are
-        restored. The test split never takes part in these choices.
+        improved for ``patience`` validations, and the best validation's weights
+        are restored. The test split never takes part in these choices.
         """
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
-        metric = cfg.early_stop_metric
-        sign = 1.0 if higher_is_better(metric) else -1.0
+        k = cfg.validations_per_epoch
+        stopping = _EarlyStopping(cfg.early_stop_metric, cfg.patience)
         result = FitResult()
-        best_score, best_state, bad_epochs = -math.inf, None, 0
         for epoch in range(1, cfg.epochs + 1):
             for cb in self.callbacks:
                 cb.on_epoch_start(self, epoch)
-            record: dict[str, Any] = {"epoch": epoch, **self.train_epoch(train, epoch, rng)}
-            if valid is not None:
+            checks: list[dict[str, Any]] = []
+            stop = False
+
+            def check(step: int, n_batches: int) -> bool:
+                """Validate after the steps that end each k-th of the epoch."""
+                nonlocal stop
+                done = step + 1
+                if valid is None or done not in _check_steps(n_batches, k):
+                    return False
                 vm = evaluate_split(self.model, self.spec, valid, cfg.eval_batch_size)
-                record["valid"] = vm
-                if metric not in vm:
-                    raise KeyError(f"early-stop metric {metric!r} is not reported; "
-                                   f"choose one of {sorted(vm)}")
-                score = sign * vm[metric]
-                if score > best_score:
-                    best_score, bad_epochs = score, 0
-                    best_state = copy.deepcopy(self.model.state_dict())
-                    result.best_epoch, result.best_valid = epoch, vm
-                else:
-                    bad_epochs += 1
+                position = epoch - 1 + round(done / n_batches, 6)
+                checks.append({"position": position, "valid": vm})
+                stop = stopping.update(self.model, vm, position)
+                self.model.train()
+                return stop
+
+            record: dict[str, Any] = {"epoch": epoch,
+                                      **self.train_epoch(train, epoch, rng, check)}
+            if checks:
+                record["valid"] = checks[-1]["valid"]
+                if k > 1:
+                    record["validations"] = checks
             result.history.append(record)
-            _log_epoch(record, metric, cfg.progress)
+            _log_epoch(record, cfg.early_stop_metric, cfg.progress)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, epoch, record)
-            if valid is not None and bad_epochs > cfg.patience:
+            if stop:
                 result.stopped_early = True
                 break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
+        if stopping.best_state is not None:
+            self.model.load_state_dict(stopping.best_state)
+            best = stopping.best_position
+            result.best_epoch = int(best) if float(best).is_integer() else best
+            result.best_valid = stopping.best_valid
         else:
             result.best_epoch = len(result.history)
         return result
+
+
+@functools.lru_cache(maxsize=16)
+def _check_steps(n_batches: int, k: int) -> frozenset[int]:
+    """The steps (counted from 1) after which an epoch of ``n_batches`` validates k times."""
+    return frozenset(math.ceil(j * n_batches / k) for j in range(1, k + 1))
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
