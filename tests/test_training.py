@@ -77,22 +77,28 @@ def test_early_stopping_keeps_the_best_epoch_weights(tiny_world, tiny_config) ->
         assert len(result.history) == result.best_epoch + 1
 
 
-def test_several_validations_per_epoch_keep_the_best_checks_weights(tiny_world,
-                                                                    tiny_config) -> None:
+def _fit_checked(world, tiny_config, **train):  # noqa: ANN001, ANN202
+    """ESMM on the tiny world, batch 128, validated several times per epoch."""
     from esmm.registry import get_model_spec
-    from esmm.training import evaluate_split
 
     spec = get_model_spec("esmm")
-    train_split, valid = load_split(tiny_world, "train"), load_split(tiny_world, "valid")
-    n_batches = -(-len(train_split) // 128)
-    assert n_batches >= 8  # enough steps for four distinct checks
+    train_split, valid = load_split(world, "train"), load_split(world, "valid")
     torch.manual_seed(0)
     model = spec.build(train_split.schema, tiny_config.model_config)
-    cfg = tiny_config.train.__class__(**{**tiny_config.train.__dict__, "epochs": 3,
-                                         "lr": 0.05, "patience": 100, "batch_size": 128,
-                                         "validations_per_epoch": 4})
+    cfg = tiny_config.train.__class__(**{**tiny_config.train.__dict__, "lr": 0.05,
+                                         "batch_size": 128, **train})
     result = Trainer(model, spec, cfg).fit(train_split, valid)
     checks = [c for r in result.history for c in r["validations"]]
+    return result, checks, model, spec, valid, -(-len(train_split) // 128)
+
+
+def test_several_validations_per_epoch_keep_the_best_checks_weights(tiny_world,
+                                                                    tiny_config) -> None:
+    from esmm.training import evaluate_split
+
+    result, checks, model, spec, valid, n_batches = _fit_checked(
+        tiny_world, tiny_config, epochs=3, patience=100, validations_per_epoch=4)
+    assert n_batches >= 8  # enough steps for four distinct checks
     # four checks per epoch, evenly spaced by steps, the last at the epoch's end
     bounds = [-(-j * n_batches // 4) / n_batches for j in (1, 2, 3, 4)]
     assert [c["position"] for c in checks] == pytest.approx(
@@ -103,28 +109,23 @@ def test_several_validations_per_epoch_keep_the_best_checks_weights(tiny_world,
     best = checks[int(np.argmax(scores))]
     assert result.best_epoch == pytest.approx(best["position"])
     # the weights kept are the best check's: scoring them again gives its valid metrics
-    again = evaluate_split(model, spec, valid, cfg.eval_batch_size)
+    again = evaluate_split(model, spec, valid)
     assert again["ctcvr_auc"] == pytest.approx(best["valid"]["ctcvr_auc"], abs=1e-9)
 
 
 def test_patience_counts_validations_and_can_stop_mid_epoch(tiny_world, tiny_config) -> None:
-    from esmm.registry import get_model_spec
-
-    spec = get_model_spec("esmm")
-    train_split, valid = load_split(tiny_world, "train"), load_split(tiny_world, "valid")
-    torch.manual_seed(0)
-    model = spec.build(train_split.schema, tiny_config.model_config)
-    cfg = tiny_config.train.__class__(**{**tiny_config.train.__dict__, "epochs": 6,
-                                         "lr": 0.05, "patience": 0, "batch_size": 128,
-                                         "validations_per_epoch": 3})
-    result = Trainer(model, spec, cfg).fit(train_split, valid)
-    checks = [c for r in result.history for c in r["validations"]]
+    result, checks, *_ = _fit_checked(tiny_world, tiny_config, epochs=6, patience=0,
+                                      validations_per_epoch=3)
     scores = [c["valid"]["ctcvr_auc"] for c in checks]
     assert result.stopped_early
     # patience 0: training ends at the first check that does not improve on the best
     first_worse = next(i for i in range(1, len(scores)) if scores[i] <= max(scores[:i]))
     assert len(checks) == first_worse + 1
     assert result.best_epoch == pytest.approx(checks[int(np.argmax(scores))]["position"])
+    # on this seeded world the first worse check comes before an epoch's end: training
+    # stopped there, not at the end of the epoch
+    assert not float(checks[-1]["position"]).is_integer()
+    assert len(result.history) == int(checks[-1]["position"]) + 1
 
 
 def test_validations_per_epoch_must_be_positive() -> None:
