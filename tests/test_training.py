@@ -85,8 +85,7 @@ def _fit_checked(world, tiny_config, **train):  # noqa: ANN001, ANN202
     train_split, valid = load_split(world, "train"), load_split(world, "valid")
     torch.manual_seed(0)
     model = spec.build(train_split.schema, tiny_config.model_config)
-    cfg = tiny_config.train.__class__(**{**tiny_config.train.__dict__, "lr": 0.05,
-                                         "batch_size": 128, **train})
+    cfg = tiny_config.replace(lr=0.05, batch_size=128, **train).train
     result = Trainer(model, spec, cfg).fit(train_split, valid)
     checks = [c for r in result.history for c in r["validations"]]
     return result, checks, model, spec, valid, -(-len(train_split) // 128)
@@ -126,6 +125,21 @@ def test_patience_counts_validations_and_can_stop_mid_epoch(tiny_world, tiny_con
     # stopped there, not at the end of the epoch
     assert not float(checks[-1]["position"]).is_integer()
     assert len(result.history) == int(checks[-1]["position"]) + 1
+
+
+def test_without_a_valid_split_every_epoch_runs_to_its_end(tiny_world, tiny_config) -> None:
+    from esmm.registry import get_model_spec
+
+    spec = get_model_spec("esmm")
+    train_split = load_split(tiny_world, "train")
+    torch.manual_seed(0)
+    model = spec.build(train_split.schema, tiny_config.model_config)
+    cfg = tiny_config.replace(batch_size=128, epochs=2, validations_per_epoch=3).train
+    result = Trainer(model, spec, cfg).fit(train_split)
+    assert [r["epoch"] for r in result.history] == [1, 2] and result.best_epoch == 2
+    assert not result.stopped_early and all("valid" not in r for r in result.history)
+    assert all(r["samples_per_s"] * r["seconds"] == pytest.approx(len(train_split))
+               for r in result.history)
 
 
 def test_validations_per_epoch_must_be_positive() -> None:

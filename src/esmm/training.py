@@ -227,7 +227,7 @@ class Trainer:
                 """Validate after the steps that end each k-th of the epoch."""
                 nonlocal stop
                 done = step + 1
-                if valid is None or done not in _check_steps(n_batches, k):
+                if done not in _check_steps(n_batches, k):
                     return False
                 vm = evaluate_split(self.model, self.spec, valid, cfg.eval_batch_size)
                 position = epoch - 1 + round(done / n_batches, 6)
@@ -236,8 +236,9 @@ class Trainer:
                 self.model.train()
                 return stop
 
-            record: dict[str, Any] = {"epoch": epoch,
-                                      **self.train_epoch(train, epoch, rng, check)}
+            # without a valid split there is nothing to check: every epoch runs to its end
+            record: dict[str, Any] = {"epoch": epoch, **self.train_epoch(
+                train, epoch, rng, check if valid is not None else None)}
             if checks:
                 record["valid"] = checks[-1]["valid"]
                 if k > 1:
